@@ -1,0 +1,453 @@
+"""The federated engine: builds clients, runs rounds, moves real payloads, writes metrics.
+
+Everything a round needs stays on the training device between rounds (datasets,
+models, optimizers, generators); the only host round trip is the payload itself, which
+is serialized, checked by the server, aggregated and sent back, so the byte counts are
+the lengths of what would cross the network.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+
+from fedunet import checkpoint, methods, metrics, serialization
+from fedunet.client import Client, learning_rate, make_optimizer
+from fedunet.data import Augmentation, ClientLoader, ImageDataset, Normalizer, load_dataset
+from fedunet.io import atomic_write_json, atomic_write_text
+from fedunet.methods.base import Method, Upload
+from fedunet.model import ClientModel, ModelSpec, count_parameters, state_nbytes
+from fedunet.partition import Partition, PartitionError, make_partition
+from fedunet.serialization import PayloadError
+
+log = logging.getLogger("fedunet")
+
+# Settings that may change between a run and its resumption without changing results.
+RESUMABLE_KEYS = ("name", "runtime")
+
+Tamper = Callable[[int, Client, bytearray], bytes | bytearray]
+
+
+class RunError(RuntimeError):
+    """The run cannot start or continue (existing outputs, mismatched checkpoint...)."""
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A 63-bit seed for one purpose (model init, client data...), the same on every machine."""
+    digest = hashlib.sha256(repr((seed, *parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    bf16: bool
+    channels_last: bool
+    compile: bool
+
+
+def resolve_runtime(cfg: dict) -> Runtime:
+    rt = cfg["runtime"]
+    name = rt["device"]
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RunError(f"runtime.device: {name!r} requested but CUDA is not available; allowed here: auto, cpu")
+    device = torch.device(name)
+    if rt["threads"] is not None:
+        torch.set_num_threads(rt["threads"])
+    else:
+        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    if rt["deterministic"]:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+    bf16 = device.type == "cuda" if rt["bf16"] == "auto" else bool(rt["bf16"])
+    channels_last = True if rt["channels_last"] == "auto" else bool(rt["channels_last"])
+    return Runtime(device, bf16, channels_last, rt["compile"])
+
+
+def model_specs(cfg: dict, dataset: ImageDataset) -> list[ModelSpec]:
+    m = cfg["model"]
+    attach = m["unet"]["attach"]
+    if attach == "auto":
+        attach = methods.get(cfg["method"]).attach_unet
+    archs = m["architectures"]
+    return [
+        ModelSpec(
+            architecture=archs[i % len(archs)],
+            in_channels=dataset.in_channels,
+            input_size=dataset.input_size,
+            num_classes=dataset.num_classes,
+            width=m["width"],
+            unet_d=m["unet"]["d"] if attach else None,
+            fusion=m["fusion"],
+            min_bottleneck_size=m["unet"]["min_bottleneck_size"],
+            max_poolings=m["unet"]["max_poolings"],
+        )
+        for i in range(cfg["partition"]["num_clients"])
+    ]
+
+
+def partition_for(cfg: dict, dataset: ImageDataset) -> Partition:
+    p = cfg["partition"]
+    seed = cfg["seed"] if p["seed"] is None else p["seed"]
+    if p["file"]:
+        part = Partition.load(p["file"])
+        want = dict(
+            num_clients=p["num_clients"], scheme=p["scheme"], alpha=p["alpha"] if p["scheme"] == "dirichlet" else None,
+            min_samples=p["min_samples"], test_fraction=p["test_fraction"], seed=seed, num_samples=len(dataset.train_labels),
+        )
+        diff = {k: (part.settings.get(k), v) for k, v in want.items() if part.settings.get(k) != v}
+        if diff:
+            detail = ", ".join(f"partition.{k}: file has {a!r}, config has {b!r}" for k, (a, b) in diff.items())
+            raise PartitionError(f"partition.file {p['file']} does not match the config: {detail}")
+        return part
+    return make_partition(
+        dataset.train_labels, p["num_clients"], p["scheme"], p["alpha"], p["min_samples"], p["test_fraction"], seed
+    )
+
+
+def load_run_dataset(cfg: dict) -> ImageDataset:
+    d = cfg["dataset"]
+    return load_dataset(d["name"], d["root"], d["download"], d["synthetic"], d["max_train"], d["max_test"])
+
+
+class Simulation:
+    """One federated training run, from config to ``metrics.csv`` and ``summary.json``."""
+
+    def __init__(self, cfg: dict, out_dir: str | Path, tamper: Tamper | None = None):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.tamper = tamper  # test hook: alter a client's serialized payload before the server sees it
+        self.rt = resolve_runtime(cfg)
+        self.method: Method = methods.create(cfg)
+        self.rows: list[dict] = []
+        self.client_rows: list[dict] = []
+        self.events: list[dict] = []
+        self.round = 0
+        self.elapsed = 0.0
+
+    # ------------------------------------------------------------ setup
+
+    def build(self) -> None:
+        cfg, dev = self.cfg, self.rt.device
+        cpu_data = load_run_dataset(cfg)
+        self.partition = partition_for(cfg, cpu_data)
+        mean, std = cpu_data.channel_stats()
+        self.class_counts = self.partition.class_counts(cpu_data.train_labels).tolist()
+        self.data = cpu_data.to(dev)
+        self.normalizer = Normalizer(mean, std, dev, self.rt.channels_last)
+        aug = Augmentation(cfg["training"]["crop_padding"], cfg["training"]["flip"])
+        self.clients: list[Client] = []
+        for i, spec in enumerate(model_specs(cfg, self.data)):
+            torch.manual_seed(derive_seed(cfg["seed"], "model", i))
+            model = ClientModel(spec).to(dev)
+            if self.rt.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            gen = torch.Generator(device=dev)
+            gen.manual_seed(derive_seed(cfg["seed"], "data", i))
+            loader = ClientLoader(
+                self.data.train_images, self.data.train_labels, self.partition.train[i],
+                cfg["training"]["batch_size"], gen, self.normalizer, aug,
+            )
+            client = Client(
+                index=i, architecture=spec.architecture, model=model,
+                optimizer=make_optimizer(model.parameters(), cfg), loader=loader,
+                test_indices=self.partition.test[i].to(dev), generator=gen, bf16=self.rt.bf16,
+            )
+            if self.rt.compile:
+                client.forward = torch.compile(model)
+            self.clients.append(client)
+        self.server_generator = torch.Generator().manual_seed(derive_seed(cfg["seed"], "server"))
+        torch.manual_seed(derive_seed(cfg["seed"], "global"))
+        initial = self.method.setup(self.clients)
+        self.initial_sync_bytes = 0
+        if initial is not None:
+            self.initial_sync_bytes = self._broadcast(initial)
+
+    # ------------------------------------------------------------ one round
+
+    def _sync(self) -> None:
+        if self.rt.device.type == "cuda":
+            torch.cuda.synchronize(self.rt.device)
+
+    def _broadcast(self, message: dict) -> int:
+        """Serialize the server's message once, check and apply it at every client; returns bytes sent."""
+        blob = serialization.encode(message, float_dtype=self.cfg["federated"]["payload_dtype"])
+        spec = serialization.PayloadSpec.for_tensors(message, self.cfg["federated"]["payload_dtype"])
+        tensors, _ = serialization.decode(blob, spec)
+        for client in self.clients:
+            self.method.download(client, tensors)
+        return len(blob) * len(self.clients)
+
+    def run_round(self, r: int) -> dict:
+        cfg = self.cfg
+        t_start = time.perf_counter()
+        lr = learning_rate(cfg, r)
+        participants = self.method.configure_round(r, self.clients, self.server_generator)
+        per_client = {c.index: {"round": r, "client": c.index, "architecture": c.architecture,
+                                "n_train": c.num_train, "n_test": c.num_test, "participated": False,
+                                "bytes_up": 0, "bytes_down": 0, "rejected": ""} for c in self.clients}
+        uploads: list[tuple[Client, bytes | bytearray]] = []
+        loss_sum, loss_n = 0.0, 0
+        for c in participants:
+            for group in c.optimizer.param_groups:
+                group["lr"] = lr
+            stats = c.train(cfg["federated"]["local_epochs"], self.method.loss)
+            rec = per_client[c.index]
+            rec.update(participated=True, train_loss=stats.loss)
+            if stats.finite:
+                loss_sum += stats.loss * stats.samples
+                loss_n += stats.samples
+            else:
+                self._event(r, c, "diverged", f"local training loss is {stats.loss}")
+            payload = self.method.upload(c)
+            if payload is not None:
+                blob = serialization.encode(payload, float_dtype=cfg["federated"]["payload_dtype"])
+                if self.tamper is not None:
+                    blob = self.tamper(r, c, blob)
+                rec["bytes_up"] = len(blob)
+                uploads.append((c, blob))
+        self._sync()
+        t_train = time.perf_counter()
+
+        accepted: list[Upload] = []
+        for c, blob in uploads:
+            try:
+                tensors, _ = serialization.decode(blob, self.method.upload_spec(c))
+                accepted.append(Upload(c, tensors, float(c.num_train)))
+            except PayloadError as e:
+                per_client[c.index]["rejected"] = str(e)
+                self._event(r, c, "payload_rejected", str(e))
+        bytes_down = 0
+        if accepted:
+            message = self.method.aggregate(accepted)
+            if message is not None:
+                bytes_down = self._broadcast(message)
+                for rec in per_client.values():
+                    rec["bytes_down"] = bytes_down // len(self.clients)
+        self._sync()
+        t_agg = time.perf_counter()
+
+        row = {"round": r, "participants": len(participants), "rejected": len(uploads) - len(accepted), "lr": lr,
+               "train_loss": loss_sum / loss_n if loss_n else float("nan")}
+        evaluate_now = r % cfg["eval"]["every"] == 0 or r == cfg["federated"]["rounds"]
+        if evaluate_now:
+            results = [self._evaluate(c, per_client[c.index]) for c in self.clients]
+            row.update(metrics.summarize_round(results))
+        self._sync()
+        t_eval = time.perf_counter()
+
+        bytes_up = sum(len(b) for _, b in uploads)
+        row.update(
+            bytes_up=bytes_up, bytes_down=bytes_down,
+            mb_up_per_client=bytes_up / max(len(uploads), 1) / 1e6,
+            mb_down_per_client=bytes_down / len(self.clients) / 1e6,
+            mb_round_total=(bytes_up + bytes_down) / 1e6,
+            time_train_s=t_train - t_start, time_aggregate_s=t_agg - t_train,
+            time_eval_s=t_eval - t_agg, time_round_s=t_eval - t_start,
+        )
+        self.elapsed += t_eval - t_start
+        row["elapsed_s"] = self.elapsed
+        self.client_rows.extend(per_client.values())
+        return row
+
+    def _evaluate(self, c: Client, rec: dict) -> dict:
+        bs = self.cfg["eval"]["batch_size"]
+        correct, total, loss = metrics.evaluate(c, self.data.train_images, self.data.train_labels, c.test_indices, bs, self.normalizer)
+        rec.update(pers_acc=correct / max(total, 1))
+        result = {"architecture": c.architecture, "n_test": total, "pers_correct": correct,
+                  "pers_acc": correct / max(total, 1), "pers_loss_sum": loss}
+        if self.cfg["eval"]["global"]:
+            g_correct, g_total, g_loss = metrics.evaluate(c, self.data.test_images, self.data.test_labels, None, bs, self.normalizer)
+            result.update(global_acc=g_correct / g_total, global_loss=g_loss / g_total)
+            rec.update(global_acc=g_correct / g_total)
+        return result
+
+    def _event(self, r: int, c: Client, kind: str, detail: str) -> None:
+        event = {"round": r, "client": c.index, "architecture": c.architecture, "event": kind, "detail": detail}
+        self.events.append(event)
+        log.warning("round %d client %d (%s): %s: %s", r, c.index, c.architecture, kind, detail)
+
+    # ------------------------------------------------------------ checkpoint
+
+    def state(self) -> dict:
+        return {
+            "round": self.round,
+            "config": json.dumps(_resume_view(self.cfg), sort_keys=True),
+            "clients": [
+                {"model": c.model.state_dict(), "optimizer": c.optimizer.state_dict(),
+                 "generator": c.generator.get_state(), "state": c.state}
+                for c in self.clients
+            ],
+            "method": self.method.state_dict(),
+            "server_generator": self.server_generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.rt.device.type == "cuda" else [],
+            "rows": json.dumps(self.rows),
+            "client_rows": json.dumps(self.client_rows),
+            "events": json.dumps(self.events),
+            "elapsed": self.elapsed,
+            "initial_sync_bytes": self.initial_sync_bytes,
+        }
+
+    def restore(self, state: dict) -> None:
+        if state["config"] != json.dumps(_resume_view(self.cfg), sort_keys=True):
+            old, new = json.loads(state["config"]), _resume_view(self.cfg)
+            diff = sorted(_diff_keys(old, new))
+            raise RunError(
+                f"the checkpoint in {self.out} was made with a different config ({', '.join(diff)}); "
+                f"use a new output directory"
+            )
+        for c, s in zip(self.clients, state["clients"]):
+            c.model.load_state_dict(s["model"])
+            c.optimizer.load_state_dict(s["optimizer"])
+            c.generator.set_state(s["generator"])
+            c.state = s["state"]
+        self.method.load_state_dict(state["method"])
+        self.server_generator.set_state(state["server_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.rows = json.loads(state["rows"])
+        self.client_rows = json.loads(state["client_rows"])
+        self.events = json.loads(state["events"])
+        self.elapsed = state["elapsed"]
+        self.initial_sync_bytes = state["initial_sync_bytes"]
+        self.round = state["round"]
+
+    # ------------------------------------------------------------ outputs
+
+    def write_round_files(self) -> None:
+        metrics.write_csv(self.out / "metrics.csv", self.rows)
+        metrics.write_csv(self.out / "clients.csv", self.client_rows)
+        if self.events:
+            atomic_write_text(self.out / "events.jsonl", "".join(json.dumps(e) + "\n" for e in self.events))
+
+    def summary(self, started: str) -> dict:
+        cfg = self.cfg
+        final = self.rows[-1]
+        best = {}
+        for key in ("pers_acc", "global_acc"):
+            b = metrics.best_round(self.rows, key)
+            if b is not None:
+                best[key] = {"round": b["round"], "value": b[key]}
+        upload = self.method.upload(self.clients[0]) or {}
+        return {
+            "name": cfg["name"],
+            "status": "complete",
+            "method": cfg["method"],
+            "seed": cfg["seed"],
+            "dataset": cfg["dataset"]["name"],
+            "architectures": [c.architecture for c in self.clients],
+            "rounds": cfg["federated"]["rounds"],
+            "final": {k: v for k, v in final.items() if k not in metrics.TIMING_COLUMNS},
+            "best": best,
+            "communication": {
+                "payload_bytes_up_per_client": len(serialization.encode(upload, float_dtype=cfg["federated"]["payload_dtype"])) if upload else 0,
+                "shared_tensor_bytes": sum(t.numel() * t.element_size() for t in upload.values()),
+                "shared_tensors": len(upload),
+                "initial_sync_bytes": self.initial_sync_bytes,
+                "total_bytes_up": sum(r["bytes_up"] for r in self.rows),
+                "total_bytes_down": sum(r["bytes_down"] for r in self.rows),
+                "payload_dtype": cfg["federated"]["payload_dtype"],
+            },
+            "clients": [
+                {"index": c.index, "architecture": c.architecture, "n_train": c.num_train, "n_test": c.num_test,
+                 "parameters": count_parameters(c.model), "state_bytes": state_nbytes(c.model),
+                 "backbone_parameters": count_parameters(c.model.backbone)}
+                for c in self.clients
+            ],
+            "partition": {"sha256": self.partition.content_hash(), "settings": self.partition.settings,
+                          "class_counts": self.class_counts},
+            "events": self.events,
+            "timing": {
+                "wall_s": self.elapsed,
+                "mean_round_s": sum(r["time_round_s"] for r in self.rows) / len(self.rows),
+                "mean_train_s": sum(r["time_train_s"] for r in self.rows) / len(self.rows),
+                "mean_eval_s": sum(r["time_eval_s"] for r in self.rows) / len(self.rows),
+                "train_samples_per_s": sum(c.num_train for c in self.clients) * cfg["federated"]["local_epochs"]
+                * cfg["federated"]["participation"] / (sum(r["time_train_s"] for r in self.rows) / len(self.rows)),
+            },
+            "config": cfg,
+            "provenance": {
+                "git": metrics.git_state(),
+                "packages": metrics.package_versions(),
+                "device": metrics.device_description(self.rt.device),
+                "runtime": {"bf16": self.rt.bf16, "channels_last": self.rt.channels_last, "compile": self.rt.compile},
+                "started": started,
+                "finished": metrics.utc_now(),
+                "command": " ".join(sys.argv),
+            },
+        }
+
+    # ------------------------------------------------------------ main loop
+
+    def run(self, resume: bool = False) -> dict:
+        started = metrics.utc_now()
+        summary_path = self.out / "summary.json"
+        if checkpoint.exists(self.out) and not resume:
+            raise RunError(f"{self.out} already holds a run (checkpoint.json); pass --resume to continue it or use a new directory")
+        if summary_path.exists() and not checkpoint.exists(self.out) and not resume:
+            raise RunError(f"{self.out} already holds a finished run (summary.json); use a new directory")
+        if resume and summary_path.exists():
+            done = json.loads(summary_path.read_text())
+            if done.get("status") == "complete":
+                log.info("%s is already complete; nothing to do", self.out)
+                return done
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.build()
+        if resume:
+            state = checkpoint.load_latest(self.out)
+            if state is not None:
+                self.restore(state)
+                log.info("resumed %s at round %d", self.out, self.round)
+        atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg, sort_keys=False))
+        rounds = self.cfg["federated"]["rounds"]
+        progress = metrics.Progress(rounds, self.cfg["runtime"]["progress"])
+        every = self.cfg["runtime"]["checkpoint_every"]
+        for r in range(self.round + 1, rounds + 1):
+            row = self.run_round(r)
+            self.rows.append(row)
+            self.round = r
+            self.write_round_files()
+            if every and (r % every == 0 or r == rounds):
+                checkpoint.save(self.out, r, self.state())
+            progress.update(row)
+        summary = self.summary(started)
+        atomic_write_json(summary_path, summary)
+        return summary
+
+
+def _resume_view(cfg: dict) -> dict:
+    view = copy.deepcopy(cfg)
+    for key in RESUMABLE_KEYS:
+        view.pop(key, None)
+    return view
+
+
+def _diff_keys(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def train(cfg: dict, out_dir: str | Path, resume: bool = False, tamper: Tamper | None = None) -> dict:
+    """Run (or resume) one federated training run; returns the summary."""
+    return Simulation(cfg, out_dir, tamper).run(resume=resume)

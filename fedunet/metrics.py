@@ -1,0 +1,211 @@
+"""Evaluation protocols, per-round metric files, run summary with provenance, progress line.
+
+Two protocols, both reported every evaluated round:
+
+* **personalized**: each client model on its own held-out split; accuracy is
+  sample-weighted over clients (as HtFLlib), plus the std of per-client accuracies;
+* **global**: each client model on the full balanced test set, averaged over clients
+  (as NIID-Bench), plus the mean per architecture.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from fedunet.client import Client
+from fedunet.data import Normalizer, eval_batches
+from fedunet.io import atomic_write_text
+
+TIMING_COLUMNS = ("time_train_s", "time_aggregate_s", "time_eval_s", "time_round_s", "elapsed_s")
+
+
+@torch.inference_mode()
+def evaluate(client: Client, images, labels, indices, batch_size: int, normalizer: Normalizer) -> tuple[int, int, float]:
+    """(correct, total, summed loss) of ``client``'s model over the given samples."""
+    client.model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=images.device)
+    loss = torch.zeros((), dtype=torch.float64, device=images.device)
+    total = 0
+    for x, y in eval_batches(images, labels, indices, batch_size, normalizer):
+        with client.autocast():
+            logits = client.logits(x)
+        correct += (logits.argmax(1) == y).sum()
+        loss += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        total += len(y)
+    return int(correct), total, float(loss)
+
+
+def summarize_round(per_client: list[dict]) -> dict:
+    """Round-level personalized and global metrics from per-client results."""
+    row: dict = {}
+    n = sum(c["n_test"] for c in per_client)
+    pers = [c["pers_acc"] for c in per_client]
+    row["pers_acc"] = sum(c["pers_correct"] for c in per_client) / max(n, 1)
+    row["pers_acc_std"] = _std(pers)
+    row["pers_loss"] = sum(c["pers_loss_sum"] for c in per_client) / max(n, 1)
+    if "global_acc" in per_client[0]:
+        glob = [c["global_acc"] for c in per_client]
+        row["global_acc"] = sum(glob) / len(glob)
+        row["global_acc_std"] = _std(glob)
+        row["global_loss"] = sum(c["global_loss"] for c in per_client) / len(per_client)
+        for arch in sorted({c["architecture"] for c in per_client}):
+            accs = [c["global_acc"] for c in per_client if c["architecture"] == arch]
+            row[f"global_acc_{arch}"] = sum(accs) / len(accs)
+    return row
+
+
+def _std(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    m = sum(values) / len(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Rewrite the whole CSV atomically (a few hundred rows at most): never a torn file."""
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: _fmt(v) for k, v in r.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return repr(v)  # round-trips exactly, so resumed runs compare bit for bit
+    return v
+
+
+def best_round(rows: list[dict], key: str) -> dict | None:
+    scored = [r for r in rows if isinstance(r.get(key), float) and not math.isnan(r[key])]
+    return max(scored, key=lambda r: r[key]) if scored else None
+
+
+# ---------------------------------------------------------------- provenance
+
+
+def git_state() -> dict:
+    """Commit and dirty flag of the checkout that holds this package (or of the cwd)."""
+    here = Path(__file__).resolve().parent
+    out = {"commit": None, "dirty": None}
+    for cwd in (here, Path.cwd()):
+        try:
+            commit = subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+            status = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=10
+            ).stdout
+            return {"commit": commit, "dirty": bool(status.strip())}
+        except (OSError, subprocess.SubprocessError):
+            continue
+    return out
+
+
+def package_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for pkg in ("fedunet-bench", "torch", "torchvision", "numpy", "pyyaml", "jsonschema"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return versions
+
+
+def device_description(device: torch.device) -> dict:
+    info = {"type": device.type, "platform": platform.platform(), "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    else:
+        info["name"] = _cpu_name()
+        info["cpu_count"] = os.cpu_count()
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------- progress
+
+
+class Progress:
+    """One line per round: round, accuracies, MB sent, time per round and ETA.
+
+    On a terminal the line is redrawn in place; in logs (SLURM, Snakemake) it is printed
+    once per round so the log doubles as a record.
+    """
+
+    def __init__(self, total_rounds: int, enabled: bool = True, stream=None):
+        self.total = total_rounds
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.started = time.perf_counter()
+        self.first_round: int | None = None
+
+    def update(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        r = row["round"]
+        if self.first_round is None:
+            self.first_round = r
+        done = r - self.first_round + 1
+        per_round = (time.perf_counter() - self.started) / done
+        eta = per_round * (self.total - r)
+        parts = [f"round {r}/{self.total}"]
+        if "pers_acc" in row:
+            parts.append(f"pers {100 * row['pers_acc']:.2f}%")
+        if "global_acc" in row:
+            parts.append(f"global {100 * row['global_acc']:.2f}%")
+        parts.append(f"loss {row['train_loss']:.3f}")
+        parts.append(f"{row['mb_up_per_client']:.3g} MB up/client")
+        parts.append(f"{per_round:.1f} s/round")
+        parts.append(f"ETA {_duration(eta)}")
+        bar = _bar(r / self.total)
+        line = f"{bar} " + " | ".join(parts)
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if r == self.total else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _bar(fraction: float, width: int = 20) -> str:
+    filled = int(round(fraction * width))
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

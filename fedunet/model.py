@@ -1,0 +1,83 @@
+"""A client's whole model: backbone, optional additive U-Net, fusion, local classifier.
+
+Submodule names are part of the protocol: methods select what they share by name
+prefix (``unet.bottleneck.``, ``unet.``, ``""`` for everything), never by position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from fedunet import models
+from fedunet.fusion import Fusion
+from fedunet.unet import UNet
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to build one client's model."""
+
+    architecture: str
+    in_channels: int
+    input_size: int
+    num_classes: int
+    width: float = 1.0
+    unet_d: int | None = 128  # None: plain backbone + classifier (no U-Net)
+    fusion: str = "add"
+    min_bottleneck_size: int = 2
+    max_poolings: int = 4
+
+
+class ClientModel(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        self.backbone = models.create(
+            spec.architecture, in_channels=spec.in_channels, input_size=spec.input_size, width=spec.width
+        )
+        feature_dim = self.backbone.feature_dim
+        self.unet: UNet | None = None
+        self.fusion: Fusion | None = None
+        if spec.unet_d is not None:
+            self.unet = UNet(spec.in_channels, spec.unet_d, spec.input_size, spec.min_bottleneck_size, spec.max_poolings)
+            self.fusion = Fusion(spec.fusion, self.unet.out_channels, feature_dim)
+            feature_dim = self.fusion.out_dim
+        self.classifier = nn.Linear(feature_dim, spec.num_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The classifier's input: backbone features, fused with the U-Net's output if attached."""
+        f = self.backbone(x)
+        if self.unet is not None:
+            f = self.fusion(f, self.unet(x))
+        return f
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
+def select_state(model: nn.Module, prefix: str | None, include_buffers: bool = True) -> dict[str, Tensor]:
+    """The state tensors whose names start with ``prefix`` (live references, not copies).
+
+    ``prefix=None`` selects nothing; ``""`` selects the whole model.  BatchNorm
+    buffers are included unless ``include_buffers`` is false.
+    """
+    if prefix is None:
+        return {}
+    names = set(dict(model.named_parameters()))
+    state = model.state_dict(keep_vars=True)
+    return {
+        name: t.data if isinstance(t, nn.Parameter) else t
+        for name, t in state.items()
+        if name.startswith(prefix) and (include_buffers or name in names)
+    }
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def state_nbytes(module: nn.Module) -> int:
+    """Raw bytes of the module's state_dict tensors (parameters and buffers)."""
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())

@@ -1,0 +1,194 @@
+"""The payload format: named tensors as raw little-endian buffers behind a JSON header.
+
+What a client sends is serialized for real, and the byte counts in the metrics are the
+lengths of these payloads.  The format is strict and never unpickled::
+
+    b"FUNPAY01"                      8 bytes, magic and version
+    header length                    uint64, little endian
+    header                           UTF-8 JSON, space-padded to a multiple of 8
+    tensor data                      each tensor's raw bytes, 8-byte aligned, in header order
+
+The header is ``{"tensors": [{"name", "dtype", "shape", "offset", "nbytes"}...],
+"metadata": {str: str}}`` with offsets relative to the start of the data.  The layout
+is canonical (offsets follow from the shapes), so a decoder can reject anything else:
+wrong lengths, overlaps, trailing bytes.  Floating tensors may be cast to fp16/bf16 on
+the wire; integer tensors (BatchNorm's ``num_batches_tracked``) keep their dtype.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import warnings
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+from torch import Tensor
+
+MAGIC = b"FUNPAY01"
+_PREFIX = len(MAGIC) + 8
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {**WIRE_DTYPES, "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "uint8": torch.uint8}
+_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+class PayloadError(ValueError):
+    """A payload that is malformed or does not match what the receiver expects."""
+
+
+def _align(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def _wire_dtype(t: Tensor, float_dtype: torch.dtype | None) -> torch.dtype:
+    return float_dtype if float_dtype is not None and t.is_floating_point() else t.dtype
+
+
+def encode(
+    tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None, float_dtype: str | None = None
+) -> bytearray:
+    """Serialize ``tensors`` (any device) into one buffer; floats cast to ``float_dtype`` if given."""
+    cast = WIRE_DTYPES[float_dtype] if float_dtype is not None else None
+    entries, offset = [], 0
+    for name, t in tensors.items():
+        dtype = _wire_dtype(t, cast)
+        if dtype not in _NAMES:
+            raise PayloadError(f"tensor {name!r} has unsupported dtype {dtype}")
+        nbytes = t.numel() * dtype.itemsize
+        entries.append({"name": name, "dtype": _NAMES[dtype], "shape": list(t.shape), "offset": offset, "nbytes": nbytes})
+        offset = _align(offset + nbytes)
+    header = json.dumps({"tensors": entries, "metadata": dict(metadata or {})}, separators=(",", ":")).encode()
+    header += b" " * (_align(len(header)) - len(header))
+    start = _PREFIX + len(header)
+    buf = bytearray(start + offset)
+    buf[: len(MAGIC)] = MAGIC
+    buf[len(MAGIC) : _PREFIX] = struct.pack("<Q", len(header))
+    buf[_PREFIX:start] = header
+    for entry, t in zip(entries, tensors.values()):
+        if entry["nbytes"]:
+            dtype = DTYPES[entry["dtype"]]
+            dest = torch.frombuffer(buf, dtype=dtype, count=t.numel(), offset=start + entry["offset"])
+            dest.copy_(t.detach().reshape(-1))
+    return buf
+
+
+@dataclass(frozen=True)
+class PayloadSpec:
+    """What a receiver expects: exact names, shapes and wire dtypes, and a size limit."""
+
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, str]
+    max_bytes: int | None = None
+    check_finite: bool = True
+    allow_metadata: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def for_tensors(cls, tensors: Mapping[str, Tensor], float_dtype: str | None = None, max_bytes: int | None = None, **kw):
+        cast = WIRE_DTYPES[float_dtype] if float_dtype is not None else None
+        return cls(
+            shapes={n: tuple(t.shape) for n, t in tensors.items()},
+            dtypes={n: _NAMES[_wire_dtype(t, cast)] for n, t in tensors.items()},
+            max_bytes=max_bytes,
+            **kw,
+        )
+
+
+def decode(blob: bytes | bytearray | memoryview, spec: PayloadSpec | None = None) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Parse and check a payload; the returned tensors are views into ``blob`` (no copy).
+
+    Without ``spec`` only the structure is checked; with it, the names, shapes, dtypes,
+    size limit and (for floats) finiteness must match.  Raises :class:`PayloadError`.
+    """
+    size = len(blob)
+    if spec is not None and spec.max_bytes is not None and size > spec.max_bytes:
+        raise PayloadError(f"payload of {size} bytes exceeds the limit of {spec.max_bytes} bytes")
+    if size < _PREFIX or bytes(blob[: len(MAGIC)]) != MAGIC:
+        raise PayloadError("not a fedunet payload (bad magic or truncated before the header)")
+    (header_len,) = struct.unpack("<Q", bytes(blob[len(MAGIC) : _PREFIX]))
+    if header_len > min(size - _PREFIX, MAX_HEADER_BYTES) or header_len % 8:
+        raise PayloadError(f"header length {header_len} is invalid for a payload of {size} bytes")
+    try:
+        header = json.loads(bytes(blob[_PREFIX : _PREFIX + header_len]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PayloadError(f"header is not valid JSON: {e}") from None
+    entries, metadata = _check_header(header)
+    start = _PREFIX + header_len
+    expected_end = start + (_align(entries[-1]["offset"] + entries[-1]["nbytes"]) if entries else 0)
+    if size != expected_end:
+        what = "truncated" if size < expected_end else "has trailing bytes"
+        raise PayloadError(f"payload {what}: {size} bytes, the header describes {expected_end}")
+    if spec is not None:
+        _check_against_spec(entries, metadata, spec)
+
+    tensors: dict[str, Tensor] = {}
+    with warnings.catch_warnings():  # read-only buffers (bytes) are fine: we never write to them
+        warnings.simplefilter("ignore", UserWarning)
+        for e in entries:
+            dtype, numel = DTYPES[e["dtype"]], _numel(e["shape"])
+            if numel:
+                t = torch.frombuffer(blob, dtype=dtype, count=numel, offset=start + e["offset"])
+            else:
+                t = torch.empty(0, dtype=dtype)
+            tensors[e["name"]] = t.view(e["shape"])
+    if spec is not None and spec.check_finite:
+        for name, t in tensors.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise PayloadError(f"tensor {name!r} contains NaN or Inf")
+    return tensors, metadata
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _check_header(header) -> tuple[list[dict], dict[str, str]]:
+    if not isinstance(header, dict) or set(header) != {"tensors", "metadata"}:
+        raise PayloadError("header must be an object with exactly the keys 'tensors' and 'metadata'")
+    entries, metadata = header["tensors"], header["metadata"]
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise PayloadError("header 'metadata' must map strings to strings")
+    if not isinstance(entries, list):
+        raise PayloadError("header 'tensors' must be a list")
+    seen, offset = set(), 0
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict) or set(e) != {"name", "dtype", "shape", "offset", "nbytes"}:
+            raise PayloadError(f"tensor entry {i} must have exactly name, dtype, shape, offset, nbytes")
+        name = e["name"]
+        if not isinstance(name, str) or name in seen:
+            raise PayloadError(f"tensor entry {i}: name {name!r} is not a string or is repeated")
+        seen.add(name)
+        if e["dtype"] not in DTYPES:
+            raise PayloadError(f"tensor {name!r}: dtype {e['dtype']!r} not allowed; allowed: {', '.join(DTYPES)}")
+        shape = e["shape"]
+        if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
+            raise PayloadError(f"tensor {name!r}: shape {shape!r} must be a list of non-negative integers")
+        nbytes = _numel(shape) * DTYPES[e["dtype"]].itemsize
+        if e["nbytes"] != nbytes or e["offset"] != offset:
+            raise PayloadError(
+                f"tensor {name!r}: offset/nbytes {e['offset']}/{e['nbytes']} do not match the canonical "
+                f"layout {offset}/{nbytes}"
+            )
+        offset = _align(offset + nbytes)
+    return entries, metadata
+
+
+def _check_against_spec(entries: list[dict], metadata: dict[str, str], spec: PayloadSpec) -> None:
+    names = [e["name"] for e in entries]
+    missing = sorted(set(spec.shapes) - set(names))
+    unexpected = sorted(set(names) - set(spec.shapes))
+    if missing or unexpected:
+        raise PayloadError(f"tensor names do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for e in entries:
+        name = e["name"]
+        if tuple(e["shape"]) != tuple(spec.shapes[name]):
+            raise PayloadError(f"tensor {name!r}: shape {tuple(e['shape'])}, expected {tuple(spec.shapes[name])}")
+        if e["dtype"] != spec.dtypes[name]:
+            raise PayloadError(f"tensor {name!r}: dtype {e['dtype']}, expected {spec.dtypes[name]}")
+    extra = sorted(set(metadata) - set(spec.allow_metadata))
+    if extra:
+        raise PayloadError(f"unexpected metadata keys {extra}")
