@@ -76,8 +76,10 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return f"{path}: expected {error.validator_value}, got {error.instance!r}"
     bounds = {
         "minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<",
-        "minItems": "at least items:", "multipleOf": "a multiple of",
+        "multipleOf": "a multiple of",
     }
+    if v == "minItems":
+        return f"{path}: must list at least {error.validator_value} item(s), got {error.instance!r}"
     if v in bounds:
         return f"{path}: {error.instance!r} must be {bounds[v]} {error.validator_value}"
     return f"{path}: {error.message}"

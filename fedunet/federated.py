@@ -396,7 +396,8 @@ class Simulation:
 
     # ------------------------------------------------------------ main loop
 
-    def run(self, resume: bool = False) -> dict:
+    def run(self, resume: bool = False, stop_after: int | None = None) -> dict | None:
+        """Run to the last round (or only up to round ``stop_after``, leaving a resumable run)."""
         started = metrics.utc_now()
         summary_path = self.out / "summary.json"
         if checkpoint.exists(self.out) and not resume:
@@ -427,6 +428,8 @@ class Simulation:
             if every and (r % every == 0 or r == rounds):
                 checkpoint.save(self.out, r, self.state())
             progress.update(row)
+            if stop_after is not None and r >= stop_after and r < rounds:
+                return None
         summary = self.summary(started)
         atomic_write_json(summary_path, summary)
         return summary
@@ -448,6 +451,7 @@ def _diff_keys(a, b, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def train(cfg: dict, out_dir: str | Path, resume: bool = False, tamper: Tamper | None = None) -> dict:
-    """Run (or resume) one federated training run; returns the summary."""
-    return Simulation(cfg, out_dir, tamper).run(resume=resume)
+def train(cfg: dict, out_dir: str | Path, resume: bool = False, tamper: Tamper | None = None,
+          stop_after: int | None = None) -> dict | None:
+    """Run (or resume) one federated training run; returns the summary (``None`` if stopped early)."""
+    return Simulation(cfg, out_dir, tamper).run(resume=resume, stop_after=stop_after)

@@ -1,0 +1,5 @@
+import sys
+
+from fedunet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,176 @@
+import csv
+import json
+import math
+import warnings
+
+import pytest
+import torch
+
+from fedunet import checkpoint, serialization
+from fedunet.federated import RunError, Simulation, derive_seed, train
+from fedunet.metrics import TIMING_COLUMNS
+
+
+def read_metrics(path):
+    with open(path / "metrics.csv") as f:
+        return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(f)]
+
+
+def test_run_writes_metrics_summary_and_learns(tiny_cfg, tmp_path):
+    summary = train(tiny_cfg(federated={"rounds": 4}), tmp_path)
+    rows = read_metrics(tmp_path)
+    assert [int(r["round"]) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert summary["final"]["pers_acc"] > 1 / 3  # above chance on 3 classes
+    for key in ("commit", "dirty"):
+        assert key in summary["provenance"]["git"]
+    assert summary["provenance"]["packages"]["torch"] == torch.__version__.split("+")[0] or summary["provenance"]["packages"]["torch"]
+    assert summary["config"]["seed"] == 0 and summary["seed"] == 0
+    assert set(summary["best"]) == {"pers_acc", "global_acc"}
+    assert {"global_acc_vgg11", "global_acc_cnn"} <= set(rows[0])
+    clients = list(csv.DictReader(open(tmp_path / "clients.csv")))
+    assert len(clients) == 4 * 4 and {c["architecture"] for c in clients} == {"vgg11", "cnn"}
+
+
+def test_bytes_are_the_lengths_of_the_real_payloads(tiny_cfg, tmp_path):
+    cfg = tiny_cfg()
+    sim = Simulation(cfg, tmp_path)
+    sim.build()
+    expected = len(serialization.encode(sim.method.upload(sim.clients[0])))
+    row = sim.run_round(1)
+    assert row["bytes_up"] == 4 * expected and row["bytes_down"] == 4 * expected
+    assert row["mb_up_per_client"] == expected / 1e6
+
+
+def test_half_precision_payloads_halve_the_traffic(tiny_cfg, tmp_path):
+    full = train(tiny_cfg(), tmp_path / "a")["communication"]["payload_bytes_up_per_client"]
+    half = train(tiny_cfg(federated={"rounds": 2, "payload_dtype": "bfloat16"}), tmp_path / "b")
+    assert half["communication"]["payload_bytes_up_per_client"] < 0.6 * full
+    assert half["final"]["pers_acc"] > 0
+
+
+def test_local_method_sends_no_bytes(tiny_cfg, tmp_path):
+    s = train(tiny_cfg(method="local"), tmp_path)
+    assert s["communication"]["total_bytes_up"] == 0 and s["communication"]["total_bytes_down"] == 0
+
+
+def test_same_config_and_seed_give_identical_metrics(tiny_cfg, tmp_path):
+    train(tiny_cfg(), tmp_path / "a")
+    train(tiny_cfg(), tmp_path / "b")
+    assert read_metrics(tmp_path / "a") == read_metrics(tmp_path / "b")
+    train(tiny_cfg(seed=1), tmp_path / "c")
+    assert read_metrics(tmp_path / "a") != read_metrics(tmp_path / "c")
+
+
+@pytest.mark.parametrize("method", ["fedunet", "fedavg"])
+def test_resume_is_bit_identical(tiny_cfg, tmp_path, method):
+    extra = {"model": {"architectures": ["cnn"], "width": 0.25}} if method == "fedavg" else {}
+    cfg = tiny_cfg(method=method, federated={"rounds": 4, "participation": 0.5}, **extra)
+    train(cfg, tmp_path / "straight")
+    assert train(cfg, tmp_path / "split", stop_after=2) is None
+    assert not (tmp_path / "split" / "summary.json").exists()
+    assert len(read_metrics(tmp_path / "split")) == 2
+    train(cfg, tmp_path / "split", resume=True)
+    assert read_metrics(tmp_path / "split") == read_metrics(tmp_path / "straight")
+    straight = json.loads((tmp_path / "straight" / "summary.json").read_text())
+    split = json.loads((tmp_path / "split" / "summary.json").read_text())
+    assert straight["final"] == split["final"]
+
+
+def test_resume_falls_back_when_the_newest_checkpoint_is_torn(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(federated={"rounds": 4})
+    train(cfg, tmp_path / "straight")
+    train(cfg, tmp_path / "run", stop_after=3)
+    newest = tmp_path / "run" / "ckpt-000003.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # torn write
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(cfg, tmp_path / "run", resume=True)
+    assert any("fails its checksum" in str(w.message) for w in caught)
+    assert read_metrics(tmp_path / "run") == read_metrics(tmp_path / "straight")
+
+
+def test_no_valid_checkpoint_is_an_error(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(federated={"rounds": 3})
+    train(cfg, tmp_path, stop_after=2)
+    for p in tmp_path.glob("ckpt-*.pt"):
+        p.write_bytes(b"garbage")
+    with pytest.raises(checkpoint.CheckpointError, match="passes its checksum"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train(cfg, tmp_path, resume=True)
+
+
+def test_existing_run_is_not_overwritten(tiny_cfg, tmp_path):
+    cfg = tiny_cfg()
+    train(cfg, tmp_path)
+    with pytest.raises(RunError, match="--resume"):
+        train(cfg, tmp_path)
+    assert train(cfg, tmp_path, resume=True)["status"] == "complete"  # already done: nothing to do
+
+
+def test_resume_with_a_different_config_is_refused(tiny_cfg, tmp_path):
+    train(tiny_cfg(federated={"rounds": 3}), tmp_path, stop_after=1)
+    with pytest.raises(RunError, match="optimizer.lr"):
+        train(tiny_cfg(federated={"rounds": 3}, optimizer={"lr": 0.5}), tmp_path, resume=True)
+
+
+def test_bad_payload_is_rejected_and_round_goes_on_without_it(tiny_cfg, tmp_path):
+    """The aggregate with a corrupted client equals the aggregate computed without that client."""
+    cfg = tiny_cfg(federated={"rounds": 1})
+
+    def nan_from_client_1(r, client, blob):
+        if client.index != 1:
+            return blob
+        tensors, _ = serialization.decode(blob)
+        bad = {n: t.clone() for n, t in tensors.items()}
+        bad["unet.bottleneck.conv.0.weight"][0] = float("nan")
+        return serialization.encode(bad)
+
+    attacked = Simulation(cfg, tmp_path / "a", tamper=nan_from_client_1)
+    attacked.run()
+    events = [json.loads(line) for line in open(tmp_path / "a" / "events.jsonl")]
+    assert events[0]["client"] == 1 and events[0]["event"] == "payload_rejected" and "NaN" in events[0]["detail"]
+    assert read_metrics(tmp_path / "a")[0]["rejected"] == "1"
+
+    # Reference: same clients, same training; aggregate by hand without client 1.
+    ref = Simulation(cfg, tmp_path / "b")
+    ref.build()
+    from fedunet.methods.base import Upload, weighted_mean
+
+    uploads = []
+    for c in ref.clients:
+        c.train(1, ref.method.loss)
+        if c.index != 1:
+            uploads.append(Upload(c, {n: t.detach().cpu().clone() for n, t in ref.method.upload(c).items()}, float(c.num_train)))
+    expected = weighted_mean(uploads)
+    got = attacked.method.global_state
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+
+
+def test_diverging_client_is_reported_and_excluded(tiny_cfg, tmp_path):
+    sim = Simulation(tiny_cfg(federated={"rounds": 2}), tmp_path)
+    sim.build()
+    base_loss = sim.method.loss
+
+    def exploding(client, x, y):
+        loss = base_loss(client, x, y)
+        return loss * float("inf") if client.index == 2 else loss
+
+    sim.method.loss = exploding
+    row = sim.run_round(1)
+    kinds = {(e["client"], e["event"]) for e in sim.events}
+    assert (2, "diverged") in kinds and (2, "payload_rejected") in kinds
+    assert row["rejected"] == 1 and math.isfinite(row["train_loss"])
+    assert all(torch.isfinite(t).all() for t in sim.method.global_state.values() if t.is_floating_point())
+
+
+def test_eval_every_skips_rounds_but_always_evaluates_the_last(tiny_cfg, tmp_path):
+    train(tiny_cfg(federated={"rounds": 3}, eval={"every": 2, "batch_size": 64}), tmp_path)
+    rows = read_metrics(tmp_path)
+    assert [bool(r["pers_acc"]) for r in rows] == [False, True, True]
+
+
+def test_derived_seeds_are_stable():
+    assert derive_seed(0, "model", 1) == derive_seed(0, "model", 1) != derive_seed(0, "model", 2)
+    assert derive_seed(0, "model", 1) == 535_332_118_539_220_824  # same on every machine (SHA-256)

@@ -1,0 +1,45 @@
+import csv
+import io
+import math
+
+import pytest
+
+from fedunet.metrics import Progress, best_round, summarize_round, write_csv
+
+
+def test_personalized_is_sample_weighted_and_global_is_a_client_mean():
+    per_client = [
+        {"architecture": "vgg11", "n_test": 10, "pers_correct": 9, "pers_acc": 0.9, "pers_loss_sum": 1.0,
+         "global_acc": 0.5, "global_loss": 2.0},
+        {"architecture": "cnn", "n_test": 30, "pers_correct": 15, "pers_acc": 0.5, "pers_loss_sum": 3.0,
+         "global_acc": 0.7, "global_loss": 1.0},
+    ]
+    row = summarize_round(per_client)
+    assert row["pers_acc"] == pytest.approx(24 / 40)
+    assert row["pers_acc_std"] == pytest.approx(0.2)
+    assert row["global_acc"] == pytest.approx(0.6)
+    assert row["global_acc_vgg11"] == 0.5 and row["global_acc_cnn"] == 0.7
+    assert row["pers_loss"] == pytest.approx(4 / 40)
+
+
+def test_csv_floats_round_trip_exactly(tmp_path):
+    value = 0.1 + 0.2
+    write_csv(tmp_path / "m.csv", [{"round": 1, "acc": value}, {"round": 2, "acc": 1 / 3, "extra": 5}])
+    rows = list(csv.DictReader(open(tmp_path / "m.csv")))
+    assert float(rows[0]["acc"]) == value and rows[1]["extra"] == "5" and rows[0]["extra"] == ""
+
+
+def test_best_round_ignores_unevaluated_rounds():
+    rows = [{"round": 1}, {"round": 2, "acc": 0.4}, {"round": 3, "acc": float("nan")}, {"round": 4, "acc": 0.3}]
+    assert best_round(rows, "acc")["round"] == 2
+    assert best_round([{"round": 1}], "acc") is None
+
+
+def test_progress_prints_one_line_per_round_in_logs():
+    stream = io.StringIO()
+    p = Progress(10, stream=stream)
+    p.update({"round": 1, "pers_acc": 0.5, "global_acc": 0.25, "train_loss": 1.0, "mb_up_per_client": 0.89})
+    p.update({"round": 2, "train_loss": math.nan, "mb_up_per_client": 0.89})
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and "round 1/10" in lines[0] and "pers 50.00%" in lines[0] and "ETA" in lines[0]
+    assert "global" not in lines[1]

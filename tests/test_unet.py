@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from fedunet.model import count_parameters, state_nbytes
+from fedunet.unet import UNet, pooling_plan
+
+
+def test_standard_bottleneck_is_the_papers_56_66_mb():
+    unet = UNet(3, 1024, 32)
+    assert count_parameters(unet.bottleneck) == 14_161_920
+    assert state_nbytes(unet.bottleneck) == 56_664_080
+    assert round(state_nbytes(unet.bottleneck) / 1e6, 2) == 56.66
+
+
+def test_compact_bottleneck_is_the_papers_0_89_mb():
+    unet = UNet(3, 128, 32)
+    assert count_parameters(unet.bottleneck) == 221_952
+    assert state_nbytes(unet.bottleneck) == 889_872
+    assert round(state_nbytes(unet.bottleneck) / 1e6, 2) == 0.89
+
+
+def test_bottleneck_size_does_not_depend_on_the_input():
+    assert state_nbytes(UNet(1, 128, 28).bottleneck) == state_nbytes(UNet(3, 128, 32).bottleneck)
+
+
+@pytest.mark.parametrize("size, plan", [(32, [True] * 4), (28, [True, True, True, False]), (8, [True, True, False, False])])
+def test_pooling_adapts_to_input_size(size, plan):
+    assert pooling_plan(size) == plan
+
+
+@pytest.mark.parametrize("channels, size", [(3, 32), (1, 28), (3, 17), (3, 8)])
+def test_output_is_at_input_resolution(channels, size):
+    unet = UNet(channels, 64, size)
+    out = unet(torch.randn(2, channels, size, size))
+    assert out.shape == (2, 4, size, size)
+
+
+def test_widths_are_d_over_16_to_d():
+    unet = UNet(3, 256, 32)
+    assert unet.inc[0].out_channels == 16
+    assert [b.conv[0].out_channels for b in unet.down] == [32, 64, 128]
+    assert unet.bottleneck.conv[0].in_channels == 128 and unet.bottleneck.conv[0].out_channels == 256
+
+
+def test_d_must_be_a_multiple_of_16():
+    with pytest.raises(ValueError, match="multiple of 16"):
+        UNet(3, 100, 32)
