@@ -47,7 +47,7 @@ def _manifest(directory: Path) -> list[dict]:
     try:
         return json.loads(path.read_text())["checkpoints"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        warnings.warn(f"{path} is unreadable ({e}); ignoring it")
+        warnings.warn(f"{path} is unreadable ({e}); ignoring it", stacklevel=2)
         return []
 
 
@@ -63,13 +63,13 @@ def load_latest(directory: Path, map_location: str | torch.device = "cpu") -> di
         try:
             data = path.read_bytes()
         except OSError as e:
-            warnings.warn(f"checkpoint {path} unreadable ({e}); trying an older one")
+            warnings.warn(f"checkpoint {path} unreadable ({e}); trying an older one", stacklevel=2)
             continue
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            warnings.warn(f"checkpoint {path} fails its checksum (torn or corrupted); trying an older one")
+            warnings.warn(f"checkpoint {path} fails its checksum (torn or corrupted); trying an older one", stacklevel=2)
             continue
         if i > 0:
-            warnings.warn(f"resuming from the older checkpoint {path} (round {entry['round']})")
+            warnings.warn(f"resuming from the older checkpoint {path} (round {entry['round']})", stacklevel=2)
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     if entries:
         raise CheckpointError(f"no checkpoint in {directory} passes its checksum; delete the directory to restart")

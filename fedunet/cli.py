@@ -7,10 +7,8 @@ code 2), never with a traceback, and before any data is loaded or model trained.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from pathlib import Path
 
 import yaml
 
@@ -21,12 +19,20 @@ EXIT_CONFIG, EXIT_DATA, EXIT_RUN = 2, 3, 4
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--config", required=required, help="run configuration (YAML)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one setting, e.g. --set federated.rounds=20 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set federated.rounds=20 (repeatable)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="fedunet", description="FedUNet: heterogeneous federated learning with a shared U-Net bottleneck")
+    ap = argparse.ArgumentParser(
+        prog="fedunet", description="FedUNet: heterogeneous federated learning with a shared U-Net bottleneck"
+    )
     sub = ap.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="run (or resume) one federated training run")
@@ -137,17 +143,23 @@ def _info(args) -> int:
     report = {"dataset": args.dataset, "width": args.width, "unets": [], "backbones": []}
 
     print(f"U-Net sizes ({args.dataset}: {channels}x{size}x{size}); MB = 10^6 bytes, fp32 unless noted")
-    print(f"{'d':>5} {'widths':>22} {'bottleneck params':>18} {'bottleneck MB':>14} {'payload MB':>11} "
-          f"{'fp16 MB':>8} {'U-Net params':>13} {'U-Net MB':>9}")
+    print(
+        f"{'d':>5} {'widths':>22} {'bottleneck params':>18} {'bottleneck MB':>14} {'payload MB':>11} "
+        f"{'fp16 MB':>8} {'U-Net params':>13} {'U-Net MB':>9}"
+    )
     for d in args.sizes:
         c = costs.bottleneck_costs(d, ModelSpec(architecture=archs[0], unet_d=d, **base))
         report["unets"].append(c)
-        print(f"{d:>5} {str(c['widths']):>22} {c['bottleneck_parameters']:>18,} {c['bottleneck_state_bytes'] / 1e6:>14.2f} "
-              f"{c['payload_bytes_fp32'] / 1e6:>11.2f} {c['payload_bytes_fp16'] / 1e6:>8.2f} {c['unet_parameters']:>13,} "
-              f"{c['unet_state_bytes'] / 1e6:>9.2f}")
+        print(
+            f"{d:>5} {str(c['widths']):>22} {c['bottleneck_parameters']:>18,} {c['bottleneck_state_bytes'] / 1e6:>14.2f} "
+            f"{c['payload_bytes_fp32'] / 1e6:>11.2f} {c['payload_bytes_fp16'] / 1e6:>8.2f} {c['unet_parameters']:>13,} "
+            f"{c['unet_state_bytes'] / 1e6:>9.2f}"
+        )
     print()
-    print(f"Backbones (width {args.width}); FedAvg MB = whole model sent per round; FLOPs = training, per sample; "
-          f"+U-Net = with the d={args.d} U-Net attached")
+    print(
+        f"Backbones (width {args.width}); FedAvg MB = whole model sent per round; FLOPs = training, per sample; "
+        f"+U-Net = with the d={args.d} U-Net attached"
+    )
     head = f"{'backbone':>10} {'params':>12} {'FedAvg MB':>10} {'GFLOPs':>8} {'GFLOPs +U-Net':>14} {'x':>6}"
     if args.measure:
         head += f" {'img/s':>8} {'img/s +U-Net':>13}"
@@ -155,8 +167,10 @@ def _info(args) -> int:
     for arch in archs:
         spec = ModelSpec(architecture=arch, unet_d=args.d, **base)
         c = costs.backbone_costs(spec)
-        line = (f"{arch:>10} {c['parameters']:>12,} {c['state_bytes'] / 1e6:>10.1f} {c['train_flops_per_sample'] / 1e9:>8.3f} "
-                f"{c['train_flops_per_sample_with_unet'] / 1e9:>14.3f} {c['flops_ratio_with_unet']:>6.2f}")
+        line = (
+            f"{arch:>10} {c['parameters']:>12,} {c['state_bytes'] / 1e6:>10.1f} {c['train_flops_per_sample'] / 1e9:>8.3f} "
+            f"{c['train_flops_per_sample_with_unet'] / 1e9:>14.3f} {c['flops_ratio_with_unet']:>6.2f}"
+        )
         if args.measure:
             c["images_per_s"] = costs.measure_throughput(ModelSpec(architecture=arch, unet_d=None, **base), args.device)
             c["images_per_s_with_unet"] = costs.measure_throughput(spec, args.device)

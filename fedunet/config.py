@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import jsonschema
 import yaml
@@ -75,7 +76,10 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if v == "type":
         return f"{path}: expected {error.validator_value}, got {error.instance!r}"
     bounds = {
-        "minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<",
+        "minimum": ">=",
+        "maximum": "<=",
+        "exclusiveMinimum": ">",
+        "exclusiveMaximum": "<",
         "multipleOf": "a multiple of",
     }
     if v == "minItems":

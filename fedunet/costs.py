@@ -75,8 +75,15 @@ def backbone_costs(spec: ModelSpec) -> dict:
     return out
 
 
-def measure_throughput(spec: ModelSpec, device: str = "cpu", batch_size: int = 64, steps: int = 10, warmup: int = 3,
-                       channels_last: bool = True, bf16: bool | None = None) -> float:
+def measure_throughput(
+    spec: ModelSpec,
+    device: str = "cpu",
+    batch_size: int = 64,
+    steps: int = 10,
+    warmup: int = 3,
+    channels_last: bool = True,
+    bf16: bool | None = None,
+) -> float:
     """Training images per second of one model on random data (forward, backward, SGD step)."""
     dev = torch.device(device)
     bf16 = dev.type == "cuda" if bf16 is None else bf16

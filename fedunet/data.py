@@ -12,9 +12,9 @@ from __future__ import annotations
 import gzip
 import pickle
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ class ImageDataset:
     def input_size(self) -> int:
         return self.train_images.shape[-1]
 
-    def to(self, device: torch.device | str) -> "ImageDataset":
+    def to(self, device: torch.device | str) -> ImageDataset:
         return replace(
             self,
             train_images=self.train_images.to(device),

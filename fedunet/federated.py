@@ -15,9 +15,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import yaml
@@ -107,8 +107,13 @@ def partition_for(cfg: dict, dataset: ImageDataset) -> Partition:
     if p["file"]:
         part = Partition.load(p["file"])
         want = dict(
-            num_clients=p["num_clients"], scheme=p["scheme"], alpha=p["alpha"] if p["scheme"] == "dirichlet" else None,
-            min_samples=p["min_samples"], test_fraction=p["test_fraction"], seed=seed, num_samples=len(dataset.train_labels),
+            num_clients=p["num_clients"],
+            scheme=p["scheme"],
+            alpha=p["alpha"] if p["scheme"] == "dirichlet" else None,
+            min_samples=p["min_samples"],
+            test_fraction=p["test_fraction"],
+            seed=seed,
+            num_samples=len(dataset.train_labels),
         )
         diff = {k: (part.settings.get(k), v) for k, v in want.items() if part.settings.get(k) != v}
         if diff:
@@ -160,13 +165,23 @@ class Simulation:
             gen = torch.Generator(device=dev)
             gen.manual_seed(derive_seed(cfg["seed"], "data", i))
             loader = ClientLoader(
-                self.data.train_images, self.data.train_labels, self.partition.train[i],
-                cfg["training"]["batch_size"], gen, self.normalizer, aug,
+                self.data.train_images,
+                self.data.train_labels,
+                self.partition.train[i],
+                cfg["training"]["batch_size"],
+                gen,
+                self.normalizer,
+                aug,
             )
             client = Client(
-                index=i, architecture=spec.architecture, model=model,
-                optimizer=make_optimizer(model.parameters(), cfg), loader=loader,
-                test_indices=self.partition.test[i].to(dev), generator=gen, bf16=self.rt.bf16,
+                index=i,
+                architecture=spec.architecture,
+                model=model,
+                optimizer=make_optimizer(model.parameters(), cfg),
+                loader=loader,
+                test_indices=self.partition.test[i].to(dev),
+                generator=gen,
+                bf16=self.rt.bf16,
             )
             if self.rt.compile:
                 client.forward = torch.compile(model)
@@ -198,9 +213,20 @@ class Simulation:
         t_start = time.perf_counter()
         lr = learning_rate(cfg, r)
         participants = self.method.configure_round(r, self.clients, self.server_generator)
-        per_client = {c.index: {"round": r, "client": c.index, "architecture": c.architecture,
-                                "n_train": c.num_train, "n_test": c.num_test, "participated": False,
-                                "bytes_up": 0, "bytes_down": 0, "rejected": ""} for c in self.clients}
+        per_client = {
+            c.index: {
+                "round": r,
+                "client": c.index,
+                "architecture": c.architecture,
+                "n_train": c.num_train,
+                "n_test": c.num_test,
+                "participated": False,
+                "bytes_up": 0,
+                "bytes_down": 0,
+                "rejected": "",
+            }
+            for c in self.clients
+        }
         uploads: list[tuple[Client, bytes | bytearray]] = []
         loss_sum, loss_n = 0.0, 0
         for c in participants:
@@ -242,8 +268,13 @@ class Simulation:
         self._sync()
         t_agg = time.perf_counter()
 
-        row = {"round": r, "participants": len(participants), "rejected": len(uploads) - len(accepted), "lr": lr,
-               "train_loss": loss_sum / loss_n if loss_n else float("nan")}
+        row = {
+            "round": r,
+            "participants": len(participants),
+            "rejected": len(uploads) - len(accepted),
+            "lr": lr,
+            "train_loss": loss_sum / loss_n if loss_n else float("nan"),
+        }
         evaluate_now = r % cfg["eval"]["every"] == 0 or r == cfg["federated"]["rounds"]
         if evaluate_now:
             results = [self._evaluate(c, per_client[c.index]) for c in self.clients]
@@ -253,12 +284,15 @@ class Simulation:
 
         bytes_up = sum(len(b) for _, b in uploads)
         row.update(
-            bytes_up=bytes_up, bytes_down=bytes_down,
+            bytes_up=bytes_up,
+            bytes_down=bytes_down,
             mb_up_per_client=bytes_up / max(len(uploads), 1) / 1e6,
             mb_down_per_client=bytes_down / len(self.clients) / 1e6,
             mb_round_total=(bytes_up + bytes_down) / 1e6,
-            time_train_s=t_train - t_start, time_aggregate_s=t_agg - t_train,
-            time_eval_s=t_eval - t_agg, time_round_s=t_eval - t_start,
+            time_train_s=t_train - t_start,
+            time_aggregate_s=t_agg - t_train,
+            time_eval_s=t_eval - t_agg,
+            time_round_s=t_eval - t_start,
         )
         self.elapsed += t_eval - t_start
         row["elapsed_s"] = self.elapsed
@@ -267,12 +301,21 @@ class Simulation:
 
     def _evaluate(self, c: Client, rec: dict) -> dict:
         bs = self.cfg["eval"]["batch_size"]
-        correct, total, loss = metrics.evaluate(c, self.data.train_images, self.data.train_labels, c.test_indices, bs, self.normalizer)
+        correct, total, loss = metrics.evaluate(
+            c, self.data.train_images, self.data.train_labels, c.test_indices, bs, self.normalizer
+        )
         rec.update(pers_acc=correct / max(total, 1))
-        result = {"architecture": c.architecture, "n_test": total, "pers_correct": correct,
-                  "pers_acc": correct / max(total, 1), "pers_loss_sum": loss}
+        result = {
+            "architecture": c.architecture,
+            "n_test": total,
+            "pers_correct": correct,
+            "pers_acc": correct / max(total, 1),
+            "pers_loss_sum": loss,
+        }
         if self.cfg["eval"]["global"]:
-            g_correct, g_total, g_loss = metrics.evaluate(c, self.data.test_images, self.data.test_labels, None, bs, self.normalizer)
+            g_correct, g_total, g_loss = metrics.evaluate(
+                c, self.data.test_images, self.data.test_labels, None, bs, self.normalizer
+            )
             result.update(global_acc=g_correct / g_total, global_loss=g_loss / g_total)
             rec.update(global_acc=g_correct / g_total)
         return result
@@ -289,8 +332,12 @@ class Simulation:
             "round": self.round,
             "config": json.dumps(_resume_view(self.cfg), sort_keys=True),
             "clients": [
-                {"model": c.model.state_dict(), "optimizer": c.optimizer.state_dict(),
-                 "generator": c.generator.get_state(), "state": c.state}
+                {
+                    "model": c.model.state_dict(),
+                    "optimizer": c.optimizer.state_dict(),
+                    "generator": c.generator.get_state(),
+                    "state": c.state,
+                }
                 for c in self.clients
             ],
             "method": self.method.state_dict(),
@@ -309,8 +356,7 @@ class Simulation:
             old, new = json.loads(state["config"]), _resume_view(self.cfg)
             diff = sorted(_diff_keys(old, new))
             raise RunError(
-                f"the checkpoint in {self.out} was made with a different config ({', '.join(diff)}); "
-                f"use a new output directory"
+                f"the checkpoint in {self.out} was made with a different config ({', '.join(diff)}); use a new output directory"
             )
         for c, s in zip(self.clients, state["clients"]):
             c.model.load_state_dict(s["model"])
@@ -357,7 +403,9 @@ class Simulation:
             "final": {k: v for k, v in final.items() if k not in metrics.TIMING_COLUMNS},
             "best": best,
             "communication": {
-                "payload_bytes_up_per_client": len(serialization.encode(upload, float_dtype=cfg["federated"]["payload_dtype"])) if upload else 0,
+                "payload_bytes_up_per_client": len(serialization.encode(upload, float_dtype=cfg["federated"]["payload_dtype"]))
+                if upload
+                else 0,
                 "shared_tensor_bytes": sum(t.numel() * t.element_size() for t in upload.values()),
                 "shared_tensors": len(upload),
                 "initial_sync_bytes": self.initial_sync_bytes,
@@ -366,21 +414,32 @@ class Simulation:
                 "payload_dtype": cfg["federated"]["payload_dtype"],
             },
             "clients": [
-                {"index": c.index, "architecture": c.architecture, "n_train": c.num_train, "n_test": c.num_test,
-                 "parameters": count_parameters(c.model), "state_bytes": state_nbytes(c.model),
-                 "backbone_parameters": count_parameters(c.model.backbone)}
+                {
+                    "index": c.index,
+                    "architecture": c.architecture,
+                    "n_train": c.num_train,
+                    "n_test": c.num_test,
+                    "parameters": count_parameters(c.model),
+                    "state_bytes": state_nbytes(c.model),
+                    "backbone_parameters": count_parameters(c.model.backbone),
+                }
                 for c in self.clients
             ],
-            "partition": {"sha256": self.partition.content_hash(), "settings": self.partition.settings,
-                          "class_counts": self.class_counts},
+            "partition": {
+                "sha256": self.partition.content_hash(),
+                "settings": self.partition.settings,
+                "class_counts": self.class_counts,
+            },
             "events": self.events,
             "timing": {
                 "wall_s": self.elapsed,
                 "mean_round_s": sum(r["time_round_s"] for r in self.rows) / len(self.rows),
                 "mean_train_s": sum(r["time_train_s"] for r in self.rows) / len(self.rows),
                 "mean_eval_s": sum(r["time_eval_s"] for r in self.rows) / len(self.rows),
-                "train_samples_per_s": sum(c.num_train for c in self.clients) * cfg["federated"]["local_epochs"]
-                * cfg["federated"]["participation"] / (sum(r["time_train_s"] for r in self.rows) / len(self.rows)),
+                "train_samples_per_s": sum(c.num_train for c in self.clients)
+                * cfg["federated"]["local_epochs"]
+                * cfg["federated"]["participation"]
+                / (sum(r["time_train_s"] for r in self.rows) / len(self.rows)),
             },
             "config": cfg,
             "provenance": {
@@ -401,7 +460,9 @@ class Simulation:
         started = metrics.utc_now()
         summary_path = self.out / "summary.json"
         if checkpoint.exists(self.out) and not resume:
-            raise RunError(f"{self.out} already holds a run (checkpoint.json); pass --resume to continue it or use a new directory")
+            raise RunError(
+                f"{self.out} already holds a run (checkpoint.json); pass --resume to continue it or use a new directory"
+            )
         if summary_path.exists() and not checkpoint.exists(self.out) and not resume:
             raise RunError(f"{self.out} already holds a finished run (summary.json); use a new directory")
         if resume and summary_path.exists():
@@ -451,7 +512,8 @@ def _diff_keys(a, b, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def train(cfg: dict, out_dir: str | Path, resume: bool = False, tamper: Tamper | None = None,
-          stop_after: int | None = None) -> dict | None:
+def train(
+    cfg: dict, out_dir: str | Path, resume: bool = False, tamper: Tamper | None = None, stop_after: int | None = None
+) -> dict | None:
     """Run (or resume) one federated training run; returns the summary (``None`` if stopped early)."""
     return Simulation(cfg, out_dir, tamper).run(resume=resume, stop_after=stop_after)

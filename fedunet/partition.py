@@ -76,7 +76,7 @@ class Partition:
         atomic_write_bytes(path, serialization.encode(self._named_tensors(), metadata=metadata))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Partition":
+    def load(cls, path: str | Path) -> Partition:
         blob = Path(path).read_bytes()
         tensors, metadata = serialization.decode(blob)
         n = len(tensors) // 2
@@ -108,8 +108,7 @@ def make_partition(
         raise PartitionError(f"partition.num_clients must be >= 1, got {num_clients}")
     if num_clients * max(min_samples, 2) > len(y):
         raise PartitionError(
-            f"partition.num_clients={num_clients} x partition.min_samples={min_samples} exceeds the "
-            f"{len(y)} training samples"
+            f"partition.num_clients={num_clients} x partition.min_samples={min_samples} exceeds the {len(y)} training samples"
         )
     if not 0.0 <= test_fraction < 1.0:
         raise PartitionError(f"partition.test_fraction must be in [0, 1), got {test_fraction}")
@@ -130,8 +129,13 @@ def make_partition(
         test.append(torch.from_numpy(np.sort(shard[:n_test])))
         train.append(torch.from_numpy(np.sort(shard[n_test:])))
     settings = dict(
-        num_clients=num_clients, scheme=scheme, alpha=alpha if scheme == "dirichlet" else None,
-        min_samples=min_samples, test_fraction=test_fraction, seed=seed, num_samples=len(y),
+        num_clients=num_clients,
+        scheme=scheme,
+        alpha=alpha if scheme == "dirichlet" else None,
+        min_samples=min_samples,
+        test_fraction=test_fraction,
+        seed=seed,
+        num_samples=len(y),
     )
     return Partition(train, test, num_classes, settings)
 

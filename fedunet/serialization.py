@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 import struct
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import torch
 from torch import Tensor
@@ -46,9 +46,7 @@ def _wire_dtype(t: Tensor, float_dtype: torch.dtype | None) -> torch.dtype:
     return float_dtype if float_dtype is not None and t.is_floating_point() else t.dtype
 
 
-def encode(
-    tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None, float_dtype: str | None = None
-) -> bytearray:
+def encode(tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None, float_dtype: str | None = None) -> bytearray:
     """Serialize ``tensors`` (any device) into one buffer; floats cast to ``float_dtype`` if given."""
     cast = WIRE_DTYPES[float_dtype] if float_dtype is not None else None
     entries, offset = [], 0
@@ -170,8 +168,7 @@ def _check_header(header) -> tuple[list[dict], dict[str, str]]:
         nbytes = _numel(shape) * DTYPES[e["dtype"]].itemsize
         if e["nbytes"] != nbytes or e["offset"] != offset:
             raise PayloadError(
-                f"tensor {name!r}: offset/nbytes {e['offset']}/{e['nbytes']} do not match the canonical "
-                f"layout {offset}/{nbytes}"
+                f"tensor {name!r}: offset/nbytes {e['offset']}/{e['nbytes']} do not match the canonical layout {offset}/{nbytes}"
             )
         offset = _align(offset + nbytes)
     return entries, metadata

@@ -89,9 +89,7 @@ class UNet(nn.Module):
         self.inc = DoubleConv(in_channels, widths[0])
         self.down = nn.ModuleList(Down(widths[i], widths[i + 1], self.plan[i]) for i in range(LEVELS - 1))
         self.bottleneck = Down(widths[-2], widths[-1], self.plan[-1])
-        self.up = nn.ModuleList(
-            Up(widths[i + 1], widths[i], self.plan[i]) for i in reversed(range(LEVELS))
-        )
+        self.up = nn.ModuleList(Up(widths[i + 1], widths[i], self.plan[i]) for i in reversed(range(LEVELS)))
 
     def forward(self, x: Tensor) -> Tensor:
         skips = [self.inc(x)]

@@ -12,7 +12,10 @@ TINY = {
     "name": "tiny",
     "seed": 0,
     "method": "fedunet",
-    "dataset": {"name": "synthetic", "synthetic": {"num_classes": 3, "channels": 3, "size": 16, "train_size": 240, "test_size": 60}},
+    "dataset": {
+        "name": "synthetic",
+        "synthetic": {"num_classes": 3, "channels": 3, "size": 16, "train_size": 240, "test_size": 60},
+    },
     "partition": {"num_clients": 4, "alpha": 1.0, "min_samples": 20},
     "model": {"architectures": ["vgg11", "cnn"], "width": 0.125, "unet": {"d": 32}},
     "federated": {"rounds": 2},

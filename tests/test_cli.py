@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import yaml
-
 from conftest import tiny_raw
 
 
@@ -71,18 +70,41 @@ def test_validate_prints_the_resolved_config(tmp_path):
 
 
 def test_partition_command_writes_file_and_counts(tmp_path):
-    r = fedunet("partition", "--config", str(write_config(tmp_path)), "--out", str(tmp_path / "p.bin"),
-                "--counts", str(tmp_path / "counts.csv"))
+    r = fedunet(
+        "partition",
+        "--config",
+        str(write_config(tmp_path)),
+        "--out",
+        str(tmp_path / "p.bin"),
+        "--counts",
+        str(tmp_path / "counts.csv"),
+    )
     assert r.returncode == 0, r.stderr
     rows = (tmp_path / "counts.csv").read_text().splitlines()
     assert rows[0] == "client,class_0,class_1,class_2" and len(rows) == 5
     assert sum(int(x) for row in rows[1:] for x in row.split(",")[1:]) == 240
     # the training run accepts it, and refuses one made for other settings
-    out = fedunet("train", "--config", str(write_config(tmp_path)), "--out", str(tmp_path / "o"),
-                  "--set", f"partition.file={tmp_path / 'p.bin'}")
+    out = fedunet(
+        "train",
+        "--config",
+        str(write_config(tmp_path)),
+        "--out",
+        str(tmp_path / "o"),
+        "--set",
+        f"partition.file={tmp_path / 'p.bin'}",
+    )
     assert out.returncode == 0, out.stderr
-    bad = fedunet("train", "--config", str(write_config(tmp_path)), "--out", str(tmp_path / "o2"),
-                  "--set", f"partition.file={tmp_path / 'p.bin'}", "--set", "partition.alpha=0.3")
+    bad = fedunet(
+        "train",
+        "--config",
+        str(write_config(tmp_path)),
+        "--out",
+        str(tmp_path / "o2"),
+        "--set",
+        f"partition.file={tmp_path / 'p.bin'}",
+        "--set",
+        "partition.alpha=0.3",
+    )
     assert bad.returncode == 2 and "partition.alpha: file has 1.0, config has 0.3" in bad.stderr
 
 

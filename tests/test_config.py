@@ -1,9 +1,8 @@
 import pytest
+from conftest import tiny_raw
 
 from fedunet import config
 from fedunet.config import ConfigError
-
-from conftest import tiny_raw
 
 
 def test_defaults_are_the_documented_paper_reading():
@@ -12,8 +11,15 @@ def test_defaults_are_the_documented_paper_reading():
     assert cfg["model"]["unet"]["d"] == 128 and cfg["model"]["fusion"] == "add"
     assert cfg["model"]["architectures"] == ["vgg11", "vgg13", "vgg16", "vgg19"]
     assert cfg["partition"]["num_clients"] == 10 and cfg["partition"]["alpha"] == 0.5
-    assert cfg["optimizer"] == {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0005,
-                                "schedule": "none", "step_rounds": 30, "step_gamma": 0.1}
+    assert cfg["optimizer"] == {
+        "name": "sgd",
+        "lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 0.0005,
+        "schedule": "none",
+        "step_rounds": 30,
+        "step_gamma": 0.1,
+    }
     assert cfg["federated"]["share_buffers"] is True and cfg["training"]["batch_size"] == 64
 
 
@@ -51,8 +57,11 @@ def test_all_errors_are_reported_at_once():
 
 
 def test_overrides_parse_yaml_values():
-    cfg = config.validate(config.apply_overrides(tiny_raw(), ["federated.rounds=7", "model.architectures=[cnn]",
-                                                              "optimizer.lr=1e-3", "dataset.max_test=null"]))
+    cfg = config.validate(
+        config.apply_overrides(
+            tiny_raw(), ["federated.rounds=7", "model.architectures=[cnn]", "optimizer.lr=1e-3", "dataset.max_test=null"]
+        )
+    )
     assert cfg["federated"]["rounds"] == 7 and cfg["model"]["architectures"] == ["cnn"]
     assert cfg["optimizer"]["lr"] == 0.001 and cfg["dataset"]["max_test"] is None
 

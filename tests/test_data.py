@@ -9,7 +9,15 @@ import torch
 
 from fedunet import data
 from fedunet.data import (
-    Augmentation, ClientLoader, DatasetUnavailable, Normalizer, load_dataset, make_synthetic, random_crop, random_flip, read_idx,
+    Augmentation,
+    ClientLoader,
+    DatasetUnavailable,
+    Normalizer,
+    load_dataset,
+    make_synthetic,
+    random_crop,
+    random_flip,
+    read_idx,
 )
 
 
@@ -56,7 +64,9 @@ def test_client_loader_visits_each_index_once_per_epoch_in_seeded_order():
     norm = Normalizer(*ds.channel_stats(), torch.device("cpu"))
 
     def labels_seen(seed):
-        loader = ClientLoader(ds.train_images, torch.arange(100), idx, 16, torch.Generator().manual_seed(seed), norm, Augmentation())
+        loader = ClientLoader(
+            ds.train_images, torch.arange(100), idx, 16, torch.Generator().manual_seed(seed), norm, Augmentation()
+        )
         return torch.cat([y for _, y in loader])
 
     seen = labels_seen(1)
@@ -155,7 +165,10 @@ def make_cifar_archive(root, hundred=False, per_batch=20):
     root.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive, "w:gz") as tar:
         for name in names:
-            batch = {"data": rng.integers(0, 255, (per_batch, 3072), dtype=np.uint8), key: (np.arange(per_batch) % (100 if hundred else 10)).tolist()}
+            batch = {
+                "data": rng.integers(0, 255, (per_batch, 3072), dtype=np.uint8),
+                key: (np.arange(per_batch) % (100 if hundred else 10)).tolist(),
+            }
             blob = pickle.dumps(batch, protocol=2)
             info = tarfile.TarInfo(f"{folder}/{name}")
             info.size = len(blob)
@@ -171,7 +184,9 @@ def test_cifar_loads_from_an_archive_in_torchvision_format(tmp_path, hundred):
     assert ds.train_images.shape == (n_train, 3, 32, 32) and ds.test_images.shape == (20, 3, 32, 32)
     assert ds.num_classes == (100 if hundred else 10)
     # a second load reads the extracted files
-    assert torch.equal(load_dataset("cifar10" if not hundred else "cifar100", tmp_path, download=False).train_images, ds.train_images)
+    assert torch.equal(
+        load_dataset("cifar10" if not hundred else "cifar100", tmp_path, download=False).train_images, ds.train_images
+    )
 
 
 def test_missing_cifar_without_network_names_directory_and_files(tmp_path, monkeypatch):

@@ -24,7 +24,10 @@ def test_run_writes_metrics_summary_and_learns(tiny_cfg, tmp_path):
     assert summary["final"]["pers_acc"] > 1 / 3  # above chance on 3 classes
     for key in ("commit", "dirty"):
         assert key in summary["provenance"]["git"]
-    assert summary["provenance"]["packages"]["torch"] == torch.__version__.split("+")[0] or summary["provenance"]["packages"]["torch"]
+    assert (
+        summary["provenance"]["packages"]["torch"] == torch.__version__.split("+")[0]
+        or summary["provenance"]["packages"]["torch"]
+    )
     assert summary["config"]["seed"] == 0 and summary["seed"] == 0
     assert set(summary["best"]) == {"pers_acc", "global_acc"}
     assert {"global_acc_vgg11", "global_acc_cnn"} <= set(rows[0])

@@ -9,10 +9,24 @@ from fedunet.metrics import Progress, best_round, summarize_round, write_csv
 
 def test_personalized_is_sample_weighted_and_global_is_a_client_mean():
     per_client = [
-        {"architecture": "vgg11", "n_test": 10, "pers_correct": 9, "pers_acc": 0.9, "pers_loss_sum": 1.0,
-         "global_acc": 0.5, "global_loss": 2.0},
-        {"architecture": "cnn", "n_test": 30, "pers_correct": 15, "pers_acc": 0.5, "pers_loss_sum": 3.0,
-         "global_acc": 0.7, "global_loss": 1.0},
+        {
+            "architecture": "vgg11",
+            "n_test": 10,
+            "pers_correct": 9,
+            "pers_acc": 0.9,
+            "pers_loss_sum": 1.0,
+            "global_acc": 0.5,
+            "global_loss": 2.0,
+        },
+        {
+            "architecture": "cnn",
+            "n_test": 30,
+            "pers_correct": 15,
+            "pers_acc": 0.5,
+            "pers_loss_sum": 3.0,
+            "global_acc": 0.7,
+            "global_loss": 1.0,
+        },
     ]
     row = summarize_round(per_client)
     assert row["pers_acc"] == pytest.approx(24 / 40)

@@ -7,7 +7,8 @@ feature vector ``(B, feature_dim)``; the classifier lives outside the backbone (
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from torch import nn
 

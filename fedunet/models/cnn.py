@@ -16,10 +16,18 @@ class SmallCNN(nn.Module):
         super().__init__()
         c1, c2, hidden = scaled(32, width), scaled(64, width), scaled(128, width)
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c1, 5, padding=2), nn.BatchNorm2d(c1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 5, padding=2), nn.BatchNorm2d(c2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-            nn.Linear(c2 * 4, hidden), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, c1, 5, padding=2),
+            nn.BatchNorm2d(c1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 5, padding=2),
+            nn.BatchNorm2d(c2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(c2 * 4, hidden),
+            nn.ReLU(inplace=True),
         )
         self.feature_dim = hidden
 
