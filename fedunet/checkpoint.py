@@ -55,6 +55,13 @@ def exists(directory: Path) -> bool:
     return bool(_manifest(directory))
 
 
+def remove(directory: Path) -> None:
+    """Delete every checkpoint of ``directory`` (manifest first, so a crash leaves no half state)."""
+    (directory / MANIFEST).unlink(missing_ok=True)
+    for path in directory.glob("ckpt-*.pt"):
+        path.unlink()
+
+
 def load_latest(directory: Path, map_location: str | torch.device = "cpu") -> dict | None:
     """The newest checkpoint whose checksum verifies, or ``None`` when there is none."""
     entries = _manifest(directory)

@@ -39,6 +39,11 @@ def parser() -> argparse.ArgumentParser:
     _add_config_args(t)
     t.add_argument("--out", required=True, help="output directory (metrics.csv, summary.json, checkpoints)")
     t.add_argument("--resume", action="store_true", help="continue from the directory's last checkpoint")
+    t.add_argument(
+        "--restart-stale",
+        action="store_true",
+        help="with --resume: discard outputs made with a different config instead of refusing",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress line")
 
     v = sub.add_parser("validate", help="check a configuration and print it with defaults filled in")
@@ -78,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg["runtime"]["progress"] = False
         from fedunet.federated import train
 
-        summary = train(cfg, args.out, resume=args.resume)
+        summary = train(cfg, args.out, resume=args.resume, restart_stale=args.restart_stale)
         final = summary["final"]
         print(
             f"done: {args.out}  personalized {100 * final.get('pers_acc', float('nan')):.2f}%  "

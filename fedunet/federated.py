@@ -232,9 +232,13 @@ class Simulation:
         for c in participants:
             for group in c.optimizer.param_groups:
                 group["lr"] = lr
+            t_client = time.perf_counter()
             stats = c.train(cfg["federated"]["local_epochs"], self.method.loss)
+            self._sync()
             rec = per_client[c.index]
-            rec.update(participated=True, train_loss=stats.loss)
+            rec.update(
+                participated=True, train_loss=stats.loss, train_samples=stats.samples, time_train_s=time.perf_counter() - t_client
+            )
             if stats.finite:
                 loss_sum += stats.loss * stats.samples
                 loss_n += stats.samples
@@ -330,7 +334,7 @@ class Simulation:
     def state(self) -> dict:
         return {
             "round": self.round,
-            "config": json.dumps(_resume_view(self.cfg), sort_keys=True),
+            "config": json.dumps(self.cfg, sort_keys=True),
             "clients": [
                 {
                     "model": c.model.state_dict(),
@@ -351,13 +355,11 @@ class Simulation:
             "initial_sync_bytes": self.initial_sync_bytes,
         }
 
+    def config_changes(self, saved: dict) -> list[str]:
+        """Fields (dotted) in which ``saved`` differs from this run's config, ignoring runtime settings."""
+        return sorted(_diff_keys(_resume_view(saved), _resume_view(self.cfg)))
+
     def restore(self, state: dict) -> None:
-        if state["config"] != json.dumps(_resume_view(self.cfg), sort_keys=True):
-            old, new = json.loads(state["config"]), _resume_view(self.cfg)
-            diff = sorted(_diff_keys(old, new))
-            raise RunError(
-                f"the checkpoint in {self.out} was made with a different config ({', '.join(diff)}); use a new output directory"
-            )
         for c, s in zip(self.clients, state["clients"]):
             c.model.load_state_dict(s["model"])
             c.optimizer.load_state_dict(s["optimizer"])
@@ -455,8 +457,26 @@ class Simulation:
 
     # ------------------------------------------------------------ main loop
 
-    def run(self, resume: bool = False, stop_after: int | None = None) -> dict | None:
-        """Run to the last round (or only up to round ``stop_after``, leaving a resumable run)."""
+    def _stale(self, saved_config: dict, what: str, restart_stale: bool) -> bool:
+        """True when ``saved_config`` differs and may be discarded; raises when it may not."""
+        changes = self.config_changes(saved_config)
+        if not changes:
+            return False
+        if not restart_stale:
+            raise RunError(
+                f"the {what} in {self.out} was made with a different config ({', '.join(changes)}); "
+                f"use a new output directory (or --restart-stale to discard it)"
+            )
+        log.warning("discarding the %s in %s: config changed (%s)", what, self.out, ", ".join(changes))
+        return True
+
+    def run(self, resume: bool = False, stop_after: int | None = None, restart_stale: bool = False) -> dict | None:
+        """Run to the last round (or only up to round ``stop_after``, leaving a resumable run).
+
+        ``resume`` continues from the last valid checkpoint (a finished run is returned
+        as is); ``restart_stale`` discards outputs made with a different config instead
+        of refusing them (what a workflow wants after its config changed).
+        """
         started = metrics.utc_now()
         summary_path = self.out / "summary.json"
         if checkpoint.exists(self.out) and not resume:
@@ -467,13 +487,17 @@ class Simulation:
             raise RunError(f"{self.out} already holds a finished run (summary.json); use a new directory")
         if resume and summary_path.exists():
             done = json.loads(summary_path.read_text())
-            if done.get("status") == "complete":
+            if not self._stale(done["config"], "finished run", restart_stale):
                 log.info("%s is already complete; nothing to do", self.out)
                 return done
+            summary_path.unlink()
         self.out.mkdir(parents=True, exist_ok=True)
         self.build()
         if resume:
             state = checkpoint.load_latest(self.out)
+            if state is not None and self._stale(json.loads(state["config"]), "checkpoint", restart_stale):
+                checkpoint.remove(self.out)
+                state = None
             if state is not None:
                 self.restore(state)
                 log.info("resumed %s at round %d", self.out, self.round)
@@ -513,7 +537,12 @@ def _diff_keys(a, b, prefix: str = "") -> list[str]:
 
 
 def train(
-    cfg: dict, out_dir: str | Path, resume: bool = False, tamper: Tamper | None = None, stop_after: int | None = None
+    cfg: dict,
+    out_dir: str | Path,
+    resume: bool = False,
+    tamper: Tamper | None = None,
+    stop_after: int | None = None,
+    restart_stale: bool = False,
 ) -> dict | None:
     """Run (or resume) one federated training run; returns the summary (``None`` if stopped early)."""
-    return Simulation(cfg, out_dir, tamper).run(resume=resume, stop_after=stop_after)
+    return Simulation(cfg, out_dir, tamper).run(resume=resume, stop_after=stop_after, restart_stale=restart_stale)

@@ -177,3 +177,20 @@ def test_eval_every_skips_rounds_but_always_evaluates_the_last(tiny_cfg, tmp_pat
 def test_derived_seeds_are_stable():
     assert derive_seed(0, "model", 1) == derive_seed(0, "model", 1) != derive_seed(0, "model", 2)
     assert derive_seed(0, "model", 1) == 535_332_118_539_220_824  # same on every machine (SHA-256)
+
+
+def test_restart_stale_discards_outputs_of_a_changed_config(tiny_cfg, tmp_path):
+    train(tiny_cfg(federated={"rounds": 3}), tmp_path, stop_after=1)
+    changed = tiny_cfg(federated={"rounds": 3}, optimizer={"lr": 0.05})
+    summary = train(changed, tmp_path, resume=True, restart_stale=True)
+    assert summary["config"]["optimizer"]["lr"] == 0.05
+    fresh = train(changed, tmp_path / "fresh")
+    assert read_metrics(tmp_path) == read_metrics(tmp_path / "fresh")
+    # a finished run with another config is redone too; with the same config it is kept
+    again = train(tiny_cfg(federated={"rounds": 3}), tmp_path, resume=True, restart_stale=True)
+    assert again["config"]["optimizer"]["lr"] == 0.01
+    assert (
+        train(tiny_cfg(federated={"rounds": 3}), tmp_path, resume=True)["provenance"]["finished"]
+        == again["provenance"]["finished"]
+    )
+    assert fresh["final"]["pers_acc"] == summary["final"]["pers_acc"]
