@@ -7,6 +7,7 @@ is raised before anything is loaded or trained.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Iterable
 from importlib import resources
@@ -42,8 +43,9 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
+@functools.lru_cache(maxsize=1)
 def schema() -> dict:
-    """The run schema, with architectures and methods taken from their registries."""
+    """The run schema, with architectures and methods taken from their registries (do not mutate)."""
     from fedunet import methods, models
 
     text = resources.files("fedunet.schemas").joinpath("run.schema.yaml").read_text()

@@ -21,6 +21,15 @@ from fedunet.unet import BOTTLENECK_PREFIX
 GEOMETRY = {"cifar10": (3, 32, 10), "cifar100": (3, 32, 100), "fashion-mnist": (1, 28, 10), "synthetic": (3, 32, 10)}
 
 
+def geometry(cfg: dict) -> tuple[int, int, int]:
+    """(channels, input size, classes) of a run config's dataset, without loading it."""
+    ds = cfg["dataset"]
+    if ds["name"] == "synthetic":
+        syn = ds["synthetic"]
+        return syn["channels"], syn["size"], syn["num_classes"]
+    return GEOMETRY[ds["name"]]
+
+
 def training_flops_per_sample(spec: ModelSpec) -> int:
     """Forward + backward FLOPs of one training sample, counted on the meta device (no compute)."""
     with torch.device("meta"):

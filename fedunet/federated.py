@@ -8,11 +8,13 @@ the lengths of what would cross the network.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -452,6 +454,8 @@ class Simulation:
                 "started": started,
                 "finished": metrics.utc_now(),
                 "command": " ".join(sys.argv),
+                "host": socket.gethostname(),
+                "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             },
         }
 
@@ -478,6 +482,11 @@ class Simulation:
         of refusing them (what a workflow wants after its config changed).
         """
         started = metrics.utc_now()
+        self.out.mkdir(parents=True, exist_ok=True)
+        with run_lock(self.out):
+            return self._run(started, resume, stop_after, restart_stale)
+
+    def _run(self, started: str, resume: bool, stop_after: int | None, restart_stale: bool) -> dict | None:
         summary_path = self.out / "summary.json"
         if checkpoint.exists(self.out) and not resume:
             raise RunError(
@@ -491,7 +500,6 @@ class Simulation:
                 log.info("%s is already complete; nothing to do", self.out)
                 return done
             summary_path.unlink()
-        self.out.mkdir(parents=True, exist_ok=True)
         self.build()
         if resume:
             state = checkpoint.load_latest(self.out)
@@ -518,6 +526,31 @@ class Simulation:
         summary = self.summary(started)
         atomic_write_json(summary_path, summary)
         return summary
+
+
+@contextlib.contextmanager
+def run_lock(directory: Path):
+    """Hold an exclusive lock on ``directory`` so that two processes never train into it at once.
+
+    The lock is released by the kernel when the process dies, so a killed run never
+    leaves a stale lock behind.
+    """
+    import fcntl
+
+    with open(directory / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise RunError(f"another process (pid {f.read().strip() or '?'}) is training in {directory}") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _resume_view(cfg: dict) -> dict:

@@ -194,3 +194,12 @@ def test_restart_stale_discards_outputs_of_a_changed_config(tiny_cfg, tmp_path):
         == again["provenance"]["finished"]
     )
     assert fresh["final"]["pers_acc"] == summary["final"]["pers_acc"]
+
+
+def test_two_processes_never_train_into_one_directory(tiny_cfg, tmp_path):
+    from fedunet.federated import run_lock
+
+    with run_lock(tmp_path):
+        with pytest.raises(RunError, match="another process .* is training"):
+            train(tiny_cfg(), tmp_path)
+    assert train(tiny_cfg(), tmp_path)["status"] == "complete"  # released

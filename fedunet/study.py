@@ -1,0 +1,161 @@
+"""A study: named experiments, each a small grid, expanded into one run config per job.
+
+The workflow (``Snakefile``) and the tests use this module; it opens no dataset and
+trains nothing, so expanding hundreds of runs takes well under a second.
+
+Grid axes: architecture set x method x bottleneck size d x fusion x Dirichlet alpha
+(or ``iid``) x seed.  An experiment lists the axes it varies; the others take the
+study's ``defaults``.  Runs that several experiments share run once.  Methods whose
+model has no U-Net (``fedavg`` by default) ignore ``d`` and ``fusion``; their runs are
+named with the defaults so they are not duplicated.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from fedunet import config as run_config_schema
+from fedunet import methods
+
+AXES = ("architectures", "methods", "d", "fusion", "alpha")
+# Figures that summarize one experiment (besides its accuracy-vs-round curves).
+SUMMARY_FIGURES = {"bottleneck": "bottleneck_tradeoff", "noniid": "noniid_alpha", "fusion": "fusion",
+                   "heterogeneous": "per_architecture"}
+
+
+class StudyError(ValueError):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid study configuration:\n  - " + "\n  - ".join(problems))
+
+
+@dataclass(frozen=True, order=True)
+class RunKey:
+    """One grid point; its ``path`` is the run directory below ``runs/``."""
+
+    archset: str
+    method: str
+    d: int
+    fusion: str
+    alpha: str  # "a0.5" or "iid"
+    seed: int
+
+    @property
+    def path(self) -> str:
+        return f"{self.archset}/{self.method}/d{self.d}-{self.fusion}-{self.alpha}/seed{self.seed}"
+
+    @property
+    def partition(self) -> str:
+        return f"{self.alpha}-s{self.seed}"
+
+    def as_dict(self) -> dict:
+        return {"archset": self.archset, "method": self.method, "d": self.d, "fusion": self.fusion,
+                "alpha": self.alpha, "seed": self.seed}
+
+
+def alpha_label(alpha) -> str:
+    return "iid" if alpha == "iid" else f"a{float(alpha):g}"
+
+
+def alpha_value(label: str) -> float | None:
+    return None if label == "iid" else float(label[1:])
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+class Study:
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.name: str = cfg["study"]
+        self.out: str = f"{cfg.get('results', 'results')}/{self.name}"
+        self.runs: dict[RunKey, list[str]] = {}
+        problems: list[str] = []
+        defaults = cfg["defaults"]
+        archsets = cfg["architecture_sets"]
+        base_attach = cfg.get("base", {}).get("model", {}).get("unet", {}).get("attach", "auto")
+        for exp_name, exp in cfg["experiments"].items():
+            grid = {axis: exp.get(axis, defaults[axis]) for axis in AXES}
+            missing = [a for a in grid["architectures"] if a not in archsets]
+            if missing:
+                problems.append(
+                    f"experiments.{exp_name}.architectures: unknown set(s) {missing}; "
+                    f"defined in architecture_sets: {', '.join(archsets)}"
+                )
+                continue
+            for archset in grid["architectures"]:
+                for method in grid["methods"]:
+                    attach = methods.get(method).attach_unet if base_attach == "auto" else base_attach
+                    ds, fusions = (grid["d"], grid["fusion"]) if attach else ([defaults["d"][0]], [defaults["fusion"][0]])
+                    for d in ds:
+                        for fusion in fusions:
+                            for alpha in grid["alpha"]:
+                                for seed in exp.get("seeds", cfg["seeds"]):
+                                    key = RunKey(archset, method, int(d), fusion, alpha_label(alpha), int(seed))
+                                    exps = self.runs.setdefault(key, [])
+                                    if exp_name not in exps:
+                                        exps.append(exp_name)
+        if problems:
+            raise StudyError(problems)
+        self._check_runs()
+
+    def _check_runs(self) -> None:
+        """Validate every run config with the library's own schema before any job starts."""
+        problems, seen = [], set()
+        for key, exps in sorted(self.runs.items()):
+            try:
+                run_config_schema.validate(self.run_config(key))
+            except run_config_schema.ConfigError as e:
+                for p in e.problems:
+                    msg = f"experiment {exps[0]} ({key.archset}, {key.method}, d={key.d}, {key.alpha}): {p}"
+                    if msg not in seen:
+                        seen.add(msg)
+                        problems.append(msg)
+        if problems:
+            raise StudyError(problems)
+
+    def run_config(self, key: RunKey) -> dict:
+        """The run's configuration (base settings plus its grid point), as given to ``fedunet train``."""
+        alpha = alpha_value(key.alpha)
+        point = {
+            "name": f"{self.name}/{key.path}",
+            "seed": key.seed,
+            "method": key.method,
+            "partition": {"scheme": "iid" if alpha is None else "dirichlet", **({} if alpha is None else {"alpha": alpha})},
+            "model": {"architectures": list(self.cfg["architecture_sets"][key.archset]), "fusion": key.fusion, "unet": {"d": key.d}},
+        }
+        return deep_merge(self.cfg.get("base", {}), point)
+
+    def partition_config(self, label: str) -> dict:
+        """Config for the partition shared by every run with this alpha and seed."""
+        alpha_part, seed = label.rsplit("-s", 1)
+        key = next(k for k in self.runs if k.alpha == alpha_part and k.seed == int(seed))
+        return self.run_config(key)
+
+    @property
+    def partitions(self) -> list[str]:
+        return sorted({k.partition for k in self.runs})
+
+    def experiments_of(self, key: RunKey) -> list[str]:
+        return self.runs[key]
+
+    def figure_names(self) -> list[str]:
+        """Names (without extension) of the figures the workflow makes for this study."""
+        experiments = sorted(self.cfg["experiments"])
+        names = [f"curves_{e}" for e in experiments]
+        names += [SUMMARY_FIGURES[e] for e in experiments if e in SUMMARY_FIGURES]
+        return names + [f"partition_{p}" for p in self.partitions]
+
+    def run_table(self) -> list[dict]:
+        """One row per (run, experiment) pair: what aggregation groups by."""
+        return [
+            {"run": key.path, "experiment": exp, **key.as_dict(),
+             "architectures": " ".join(self.cfg["architecture_sets"][key.archset])}
+            for key, exps in sorted(self.runs.items())
+            for exp in exps
+        ]

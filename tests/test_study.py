@@ -1,0 +1,79 @@
+import pytest
+
+from fedunet import methods, models
+from fedunet.config import load_yaml
+from fedunet.study import RunKey, Study, StudyError, alpha_label
+
+
+def study_cfg(**experiments):
+    return {
+        "study": "t",
+        "seeds": [0, 1],
+        "base": {"dataset": {"name": "synthetic"}, "partition": {"num_clients": 4}},
+        "architecture_sets": {"hetero": ["vgg11", "cnn"], "cnn": ["cnn"]},
+        "defaults": {"architectures": ["hetero"], "methods": ["fedunet"], "d": [32], "fusion": ["add"], "alpha": [0.5]},
+        "experiments": experiments or {"a": {}},
+    }
+
+
+def test_grid_expansion_and_deduplication():
+    s = Study(study_cfg(bottleneck={"d": [16, 32]}, fusion={"fusion": ["add", "concat"]}, noniid={"alpha": [0.1, "iid"]}))
+    # 2 d + 1 concat + 2 alphas, each x 2 seeds; the default point is shared by all three experiments
+    assert len(s.runs) == 2 * (1 + 1 + 1 + 2)
+    shared = RunKey("hetero", "fedunet", 32, "add", "a0.5", 0)
+    assert s.runs[shared] == ["bottleneck", "fusion"]
+    assert RunKey("hetero", "fedunet", 32, "add", "iid", 1) in s.runs
+
+
+def test_methods_without_unet_ignore_d_and_fusion():
+    s = Study(study_cfg(homogeneous={"architectures": ["cnn"], "methods": ["fedavg"], "d": [16, 32, 64]}))
+    assert {k.d for k in s.runs} == {32} and len(s.runs) == 2
+
+
+def test_run_config_is_base_plus_grid_point():
+    s = Study(study_cfg(noniid={"alpha": ["iid"]}))
+    key = RunKey("hetero", "fedunet", 32, "add", "iid", 1)
+    cfg = s.run_config(key)
+    assert cfg["seed"] == 1 and cfg["partition"] == {"num_clients": 4, "scheme": "iid"}
+    assert cfg["model"]["architectures"] == ["vgg11", "cnn"] and cfg["model"]["unet"]["d"] == 32
+    assert cfg["name"] == "t/hetero/fedunet/d32-add-iid/seed1"
+    assert key.path == "hetero/fedunet/d32-add-iid/seed1" and key.partition == "iid-s1"
+
+
+def test_alpha_labels_are_readable():
+    assert alpha_label(0.5) == "a0.5" and alpha_label(1) == "a1" and alpha_label("iid") == "iid"
+
+
+def test_unknown_architecture_set_names_the_experiment():
+    with pytest.raises(StudyError, match="experiments.x.architectures: unknown set\\(s\\) \\['nope'\\]"):
+        Study(study_cfg(x={"architectures": ["nope"]}))
+
+
+def test_runs_are_checked_against_the_run_schema_before_any_job():
+    with pytest.raises(StudyError) as err:
+        Study(study_cfg(homogeneous={"methods": ["fedavg"]}))  # fedavg on heterogeneous clients
+    assert "experiment homogeneous" in str(err.value) and "same architecture" in str(err.value)
+    cfg = study_cfg()
+    cfg["base"]["federated"] = {"rounds": -1}
+    with pytest.raises(StudyError, match="federated.rounds: -1 must be >= 1"):
+        Study(cfg)
+
+
+def test_figure_names_follow_the_experiments():
+    s = Study(study_cfg(bottleneck={"d": [16, 32]}, homogeneous={"architectures": ["cnn"]}))
+    assert s.figure_names() == ["curves_bottleneck", "curves_homogeneous", "bottleneck_tradeoff",
+                                "partition_a0.5-s0", "partition_a0.5-s1"]
+
+
+def test_workflow_schema_lists_every_architecture_and_method():
+    schema = load_yaml(open("workflow/schemas/config.schema.yaml").read())
+    assert sorted(schema["$defs"]["architecture"]["enum"]) == models.available()
+    assert sorted(schema["$defs"]["method"]["enum"]) == methods.available()
+
+
+@pytest.mark.parametrize("path", ["config/config.yaml", "config/quick.yaml", "config/smoke.yaml"])
+def test_shipped_studies_expand(path):
+    cfg = load_yaml(open(path).read())
+    cfg.setdefault("seeds", [0, 1, 2])
+    study = Study(cfg)
+    assert len(study.runs) > 10

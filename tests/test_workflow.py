@@ -1,0 +1,183 @@
+"""The Snakemake workflow end to end: config validation, the smoke study, reruns, fresh clones.
+
+Each test runs snakemake in its own working directory (``--directory``), so nothing is
+written into the repository.
+"""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir)
+
+
+def write_study(workdir: Path, name: str = "smoke.yaml", edit=None) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = yaml.safe_load((REPO / "config" / name).read_text())
+    if edit:
+        edit(cfg)
+    path = workdir / name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def job_counts(output: str) -> dict[str, int]:
+    counts, table = {}, False
+    for line in output.splitlines():
+        if line.startswith("job ") and "count" in line:
+            table = True
+            continue
+        if table:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                counts[parts[0]] = int(parts[1])
+            elif not line.startswith("---"):
+                table = False if counts else table
+    return counts
+
+
+def test_dry_run_of_the_paper_study_opens_no_dataset(tmp_path):
+    def no_data(cfg):
+        cfg["base"]["dataset"].update(root=str(tmp_path / "no-such-dir"), download=False)
+
+    cfg = write_study(tmp_path, "config.yaml", no_data)
+    r = snakemake(tmp_path, "-n", "--configfile", str(cfg))
+    assert r.returncode == 0, r.stderr + r.stdout
+    counts = job_counts(r.stdout + r.stderr)
+    assert counts["train"] == 57 and counts["partition"] == 12 and counts["total"] > 100
+    assert not (tmp_path / "no-such-dir").exists()
+
+
+@pytest.mark.parametrize(
+    "edit, fragments",
+    [
+        (lambda c: c["experiments"]["noniid"].update(alphas=[0.1]), ["alphas", "noniid"]),
+        (lambda c: c["architecture_sets"].update(odd=["vgg17"]), ["vgg17", "architecture_sets"]),
+        (lambda c: c["experiments"]["noniid"].update(alpha=[-0.5]), ["-0.5", "noniid"]),
+        (lambda c: c["experiments"]["fusion"].update(fusion=["sum"]), ["sum", "fusion"]),
+        (lambda c: c["experiments"]["homogeneous"].update(architectures=["nope"]), ["experiments.homogeneous.architectures", "nope"]),
+        (lambda c: c["base"]["federated"].update(rounds=0), ["federated.rounds: 0 must be >= 1"]),
+        (lambda c: c["experiments"]["fusion"].update(methods=["fedavg"]), ["experiment fusion", "same architecture"]),
+    ],
+)
+def test_bad_study_config_fails_before_any_job(tmp_path, edit, fragments):
+    cfg = write_study(tmp_path, "smoke.yaml", edit)
+    r = snakemake(tmp_path, "-n", "--configfile", str(cfg))
+    assert r.returncode != 0
+    for fragment in fragments:
+        assert fragment in r.stderr + r.stdout
+    assert not (tmp_path / "results").exists()
+
+
+EXPECTED_TABLES = ["accuracy.csv", "accuracy.md", "communication.csv", "communication.md", "compute.csv", "compute.md",
+                   "paper_vs_ours.csv", "paper_vs_ours.md", "runs.csv", "curves.csv", "per_architecture.csv", "provenance.json"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The smoke study run once, interrupted mid-way (SIGTERM) and run again to the end."""
+    workdir = tmp_path_factory.mktemp("smoke")
+    cfg = write_study(workdir)
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), "--cores", "2",
+           "--configfile", str(cfg)]
+    runs = workdir / "results" / "smoke" / "runs"
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and len(list(runs.glob("**/summary.json"))) < 3:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGTERM)  # as a scheduler or Ctrl-C would
+    proc.wait(timeout=120)
+    finished_before = {p: p.stat().st_mtime_ns for p in runs.glob("**/summary.json")}
+    assert 3 <= len(finished_before) < 26, "the interruption came too late to test anything"
+    r = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return workdir, cfg, finished_before
+
+
+def test_smoke_study_makes_every_table_and_figure(smoke):
+    workdir, _, _ = smoke
+    out = workdir / "results" / "smoke"
+    for name in EXPECTED_TABLES:
+        assert (out / "tables" / name).stat().st_size > 0, name
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert "bottleneck_tradeoff.png" in figures and "per_architecture.pdf" in figures
+    assert "partition_iid-s1.png" in figures and "curves_homogeneous.png" in figures
+    assert len(figures) == 2 * 13
+    md = (out / "tables" / "accuracy.md").read_text()
+    assert "produced by the pipeline" in md and "commits" in md and "seeds [0, 1]" in md
+    pvo = (out / "tables" / "paper_vs_ours.md").read_text()
+    assert "| 56.66 |" in pvo and "not reproduced by us" in pvo
+
+
+def test_interrupted_study_finishes_without_retraining_finished_runs(smoke):
+    workdir, _, finished_before = smoke
+    for path, mtime in finished_before.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path} was retrained"
+    runs = list((workdir / "results" / "smoke" / "runs").glob("**/summary.json"))
+    assert len(runs) == 26
+    assert not list((workdir / "results").glob("**/*.tmp")), "partial files left behind"
+
+
+def test_interrupted_runs_match_uninterrupted_ones(smoke):
+    """A run resumed by the workflow ends exactly where an uninterrupted run does."""
+    workdir, _, _ = smoke
+    from fedunet.federated import train
+
+    runs = workdir / "results" / "smoke" / "runs"
+    logs = workdir / "results" / "smoke" / "logs" / "train"
+    every = sorted(p.parent for p in runs.glob("**/summary.json"))
+    resumed = [r for r in every if "resumed" in (logs / f"{r.relative_to(runs)}.log").read_text()]
+    checked = 0
+    for run in (resumed + [r for r in every if r not in resumed])[:2]:
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        reference = train(cfg, workdir / "reference" / run.relative_to(runs))
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["final"]["pers_acc"] == reference["final"]["pers_acc"]
+        assert summary["final"]["global_acc"] == reference["final"]["global_acc"]
+        checked += 1
+    assert checked == 2
+
+
+def test_second_invocation_has_nothing_to_do(smoke):
+    workdir, cfg, _ = smoke
+    r = snakemake(workdir, "-n", "--configfile", str(cfg))
+    assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr
+
+
+def test_fresh_clone_regenerates_tables_without_retraining(smoke, tmp_path):
+    """git checkout sets file times in arbitrary order; committed runs must not be retrained."""
+    workdir, _, _ = smoke
+    clone = tmp_path / "clone"
+    shutil.copytree(workdir / "results", clone / "results")  # no .snakemake: as in a fresh clone
+    cfg = write_study(clone)
+    files = [p for p in (clone / "results").rglob("*") if p.is_file()]
+    random.Random(0).shuffle(files)
+    now = time.time()
+    for i, p in enumerate(files):
+        os.utime(p, (now + i * 1e-3, now + i * 1e-3))
+    r = snakemake(clone, "-n", "--configfile", str(cfg))
+    counts = job_counts(r.stdout + r.stderr)
+    assert not {"train", "partition", "costs"} & set(counts), counts
+    (clone / "results" / "smoke" / "tables" / "accuracy.csv").unlink()
+    r = snakemake(clone, "--cores", "2", "--configfile", str(cfg))
+    assert r.returncode == 0, r.stderr[-3000:]
+    counts = job_counts(r.stdout + r.stderr)
+    assert "train" not in counts and counts.get("aggregate") == 1
+    old = (workdir / "results" / "smoke" / "tables" / "accuracy.csv").read_text()
+    assert (clone / "results" / "smoke" / "tables" / "accuracy.csv").read_text() == old

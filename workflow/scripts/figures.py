@@ -1,0 +1,200 @@
+"""Figures of a study (PNG + PDF) from its aggregated tables.
+
+* ``curves_<experiment>``: accuracy vs round per experiment, mean with a band of +-1 std over seeds;
+* ``bottleneck_tradeoff``: accuracy vs MB sent per client per round across d (log x);
+* ``noniid_alpha``: accuracy vs Dirichlet alpha (and IID);
+* ``fusion``: add vs concat;
+* ``per_architecture``: each backbone's global accuracy in the heterogeneous runs;
+* ``partition_<alpha>-s<seed>``: the class distribution of each partition as a heatmap.
+
+Run as a Snakemake script, or import :func:`make_figures` from tests.
+"""
+
+
+import math
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from fedunet.study import SUMMARY_FIGURES  # noqa: E402
+
+PROTOCOLS = (("pers_acc", "personalized (own held-out split)"), ("global_acc", "global (full test set)"))
+AXES = ("archset", "method", "d", "fusion", "alpha")
+plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "font.size": 10, "axes.grid": True, "grid.alpha": 0.3})
+
+
+def save(fig, figures: Path, name: str, footer: str) -> None:
+    fig.text(0.99, -0.02, footer, ha="right", va="top", fontsize=7, color="0.4")
+    for ext in ("png", "pdf"):
+        fig.savefig(figures / f"{name}.{ext}", bbox_inches="tight")
+    plt.close(fig)
+
+
+def label(row: pd.Series, varying: list[str]) -> str:
+    parts = []
+    for axis in varying:
+        v = row[axis]
+        parts.append({"d": f"d={v}", "alpha": "IID" if v == "iid" else f"α={str(v)[1:]}"}.get(axis, str(v)))
+    return ", ".join(parts) or str(row["method"])
+
+
+def varying_axes(df: pd.DataFrame) -> list[str]:
+    return [a for a in AXES if df[a].nunique() > 1]
+
+
+def curves_figure(runs: pd.DataFrame, curves: pd.DataFrame, experiment: str, figures: Path, footer: str) -> None:
+    exp = runs[runs["experiment"] == experiment]
+    varying = varying_axes(exp) or ["method"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
+    for _, group in exp.groupby(list(AXES), sort=True):
+        c = curves[curves["run"].isin(group["run"])]
+        stats = c.groupby("round")[[p for p, _ in PROTOCOLS]].agg(["mean", "std"])
+        name = label(group.iloc[0], varying)
+        for ax, (col, _) in zip(axes, PROTOCOLS):
+            mean, std = 100 * stats[(col, "mean")], 100 * stats[(col, "std")].fillna(0)
+            (line,) = ax.plot(stats.index, mean, marker="o", ms=3, label=name)
+            ax.fill_between(stats.index, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    seeds = exp["seed"].nunique()
+    for ax, (_, title) in zip(axes, PROTOCOLS):
+        ax.set_title(f"{title}")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlabel("round")
+        ax.set_ylabel("accuracy (%)")
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"Experiment '{experiment}': accuracy vs round (mean ± std over {seeds} seeds)")
+    save(fig, figures, f"curves_{experiment}", footer)
+
+
+def _mean_std(df: pd.DataFrame, by: list[str], cols: list[str]) -> pd.DataFrame:
+    return df.groupby(by)[cols].agg(["mean", "std"]).fillna(0.0)
+
+
+def bottleneck_figure(runs: pd.DataFrame, figures: Path, footer: str) -> None:
+    exp = runs[(runs["experiment"] == "bottleneck") & (runs["method"] != "local")]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for archset, group in exp.groupby("archset"):
+        s = _mean_std(group, ["d"], ["mb_up_per_client", "final_pers_acc", "final_global_acc"])
+        x = s[("mb_up_per_client", "mean")]
+        for col, title in (("final_pers_acc", "personalized"), ("final_global_acc", "global")):
+            ax.errorbar(x, 100 * s[(col, "mean")], yerr=100 * s[(col, "std")], marker="o", capsize=3, label=f"{archset}, {title}")
+            for d, xv, yv in zip(s.index, x, 100 * s[(col, "mean")]):
+                ax.annotate(f"d={d}", (xv, yv), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    local = runs[(runs["method"] == "local")]
+    if not local.empty:
+        ax.axhline(100 * local["final_global_acc"].mean(), ls="--", color="0.5", lw=1, label="local only, global (0 MB)")
+    ax.set_xscale("log")
+    ax.set_xlabel("MB sent per client per round (log scale)")
+    ax.set_ylabel("final accuracy (%)")
+    ax.set_title("Bottleneck size d: accuracy vs traffic")
+    ax.legend(fontsize=7)
+    save(fig, figures, "bottleneck_tradeoff", footer)
+
+
+def alpha_figure(runs: pd.DataFrame, figures: Path, footer: str) -> None:
+    exp = runs[runs["experiment"] == "noniid"].copy()
+    exp["alpha_x"] = [math.inf if a == "iid" else float(a[1:]) for a in exp["alpha"]]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    order = sorted(exp["alpha_x"].unique())
+    ticks = list(range(len(order)))
+    for (archset, method), group in exp.groupby(["archset", "method"]):
+        s = _mean_std(group, ["alpha_x"], ["final_pers_acc", "final_global_acc"]).reindex(order)
+        for ax, (col, _) in zip(axes, (("final_pers_acc", 0), ("final_global_acc", 1))):
+            ax.errorbar(ticks, 100 * s[(col, "mean")], yerr=100 * s[(col, "std")], marker="o", capsize=3, label=f"{method} ({archset})")
+    for ax, (_, title) in zip(axes, PROTOCOLS):
+        ax.set_xticks(ticks, ["IID" if math.isinf(a) else f"{a:g}" for a in order])
+        ax.set_xlabel("Dirichlet α (smaller = more label skew)")
+        ax.set_ylabel("final accuracy (%)")
+        ax.set_title(title)
+    axes[1].legend(fontsize=8)
+    fig.suptitle("Non-IID sweep")
+    save(fig, figures, "noniid_alpha", footer)
+
+
+def grouped_bars(ax, table: pd.DataFrame, groups: list[str], series: list[str], title: str) -> None:
+    width = 0.8 / max(len(series), 1)
+    x = np.arange(len(groups))
+    for i, name in enumerate(series):
+        means = [table.loc[(g, name), "mean"] if (g, name) in table.index else np.nan for g in groups]
+        stds = [table.loc[(g, name), "std"] if (g, name) in table.index else 0 for g in groups]
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, 100 * np.array(means), width, yerr=100 * np.nan_to_num(stds), capsize=3, label=name)
+    ax.set_xticks(x, groups, fontsize=8)
+    ax.set_ylabel("final accuracy (%)")
+    ax.set_title(title)
+
+
+def fusion_figure(runs: pd.DataFrame, figures: Path, footer: str) -> None:
+    exp = runs[runs["experiment"] == "fusion"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    groups = sorted(exp["archset"].unique())
+    fusions = sorted(exp["fusion"].unique())
+    for ax, (col, title) in zip(axes, (("final_pers_acc", PROTOCOLS[0][1]), ("final_global_acc", PROTOCOLS[1][1]))):
+        table = exp.groupby(["archset", "fusion"])[col].agg(["mean", "std"]).fillna(0)
+        grouped_bars(ax, table, groups, fusions, title)
+        lo = 100 * exp[col].min()
+        ax.set_ylim(max(0, lo - 10), None)
+    axes[1].legend(title="fusion")
+    fig.suptitle("Fusion of the U-Net output: add vs concat (mean ± std over seeds)")
+    save(fig, figures, "fusion", footer)
+
+
+def per_architecture_figure(runs: pd.DataFrame, per_arch: pd.DataFrame, figures: Path, footer: str) -> None:
+    exp = runs[runs["experiment"] == "heterogeneous"].drop_duplicates("run")
+    merged = per_arch.merge(exp[["run", "archset", "method"]], on="run")
+    archsets = sorted(merged["archset"].unique())
+    fig, axes = plt.subplots(1, len(archsets), figsize=(5.5 * len(archsets), 4), squeeze=False)
+    for ax, archset in zip(axes[0], archsets):
+        sub = merged[merged["archset"] == archset]
+        table = sub.groupby(["architecture", "method"])["final_global_acc"].agg(["mean", "std"]).fillna(0)
+        grouped_bars(ax, table, sorted(sub["architecture"].unique()), sorted(sub["method"].unique()), f"clients: {archset}")
+        ax.legend(fontsize=8)
+    fig.suptitle("Per-architecture global accuracy in heterogeneous runs (final round, mean ± std over seeds)")
+    save(fig, figures, "per_architecture", footer)
+
+
+def partition_figure(counts_csv: Path, figures: Path, footer: str) -> None:
+    counts = pd.read_csv(counts_csv, index_col="client")
+    name = counts_csv.name.replace(".counts.csv", "")
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * counts.shape[1] + 2), max(3, 0.35 * counts.shape[0] + 1.5)))
+    im = ax.imshow(counts.values, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(counts.shape[1]), [c.replace("class_", "") for c in counts.columns], fontsize=7)
+    ax.set_yticks(range(counts.shape[0]), counts.index, fontsize=7)
+    ax.set_xlabel("class")
+    ax.set_ylabel("client")
+    ax.grid(False)
+    fig.colorbar(im, ax=ax, label="samples (train + held-out)")
+    alpha = "IID" if name.startswith("iid") else f"Dirichlet α={name.split('-s')[0][1:]}"
+    ax.set_title(f"Class distribution: {alpha}, seed {name.split('-s')[-1]}")
+    save(fig, figures, f"partition_{name}", footer)
+
+
+def make_figures(tables: Path, figures: Path, counts: list[Path], footer: str) -> None:
+    figures.mkdir(parents=True, exist_ok=True)
+    runs = pd.read_csv(tables / "runs.csv")
+    curves = pd.read_csv(tables / "curves.csv")
+    per_arch = pd.read_csv(tables / "per_architecture.csv")
+    experiments = set(runs["experiment"])
+    for experiment in sorted(experiments):
+        curves_figure(runs, curves, experiment, figures, footer)
+    makers = {
+        "bottleneck": lambda: bottleneck_figure(runs, figures, footer),
+        "noniid": lambda: alpha_figure(runs, figures, footer),
+        "fusion": lambda: fusion_figure(runs, figures, footer),
+        "heterogeneous": lambda: per_architecture_figure(runs, per_arch, figures, footer),
+    }
+    assert set(makers) == set(SUMMARY_FIGURES)
+    for experiment, make in makers.items():
+        if experiment in experiments:
+            make()
+    for path in counts:
+        partition_figure(Path(path), figures, footer)
+
+
+if "snakemake" in globals():
+    sm = globals()["snakemake"]
+    make_figures(Path(sm.params.tables), Path(sm.params.figures), [Path(p) for p in sm.input.counts], sm.params.footer)
