@@ -20,8 +20,12 @@ from fedunet import methods
 
 AXES = ("architectures", "methods", "d", "fusion", "alpha")
 # Figures that summarize one experiment (besides its accuracy-vs-round curves).
-SUMMARY_FIGURES = {"bottleneck": "bottleneck_tradeoff", "noniid": "noniid_alpha", "fusion": "fusion",
-                   "heterogeneous": "per_architecture"}
+SUMMARY_FIGURES = {
+    "bottleneck": "bottleneck_tradeoff",
+    "noniid": "noniid_alpha",
+    "fusion": "fusion",
+    "heterogeneous": "per_architecture",
+}
 
 
 class StudyError(ValueError):
@@ -50,8 +54,14 @@ class RunKey:
         return f"{self.alpha}-s{self.seed}"
 
     def as_dict(self) -> dict:
-        return {"archset": self.archset, "method": self.method, "d": self.d, "fusion": self.fusion,
-                "alpha": self.alpha, "seed": self.seed}
+        return {
+            "archset": self.archset,
+            "method": self.method,
+            "d": self.d,
+            "fusion": self.fusion,
+            "alpha": self.alpha,
+            "seed": self.seed,
+        }
 
 
 def alpha_label(alpha) -> str:
@@ -127,7 +137,11 @@ class Study:
             "seed": key.seed,
             "method": key.method,
             "partition": {"scheme": "iid" if alpha is None else "dirichlet", **({} if alpha is None else {"alpha": alpha})},
-            "model": {"architectures": list(self.cfg["architecture_sets"][key.archset]), "fusion": key.fusion, "unet": {"d": key.d}},
+            "model": {
+                "architectures": list(self.cfg["architecture_sets"][key.archset]),
+                "fusion": key.fusion,
+                "unet": {"d": key.d},
+            },
         }
         return deep_merge(self.cfg.get("base", {}), point)
 
@@ -154,8 +168,12 @@ class Study:
     def run_table(self) -> list[dict]:
         """One row per (run, experiment) pair: what aggregation groups by."""
         return [
-            {"run": key.path, "experiment": exp, **key.as_dict(),
-             "architectures": " ".join(self.cfg["architecture_sets"][key.archset])}
+            {
+                "run": key.path,
+                "experiment": exp,
+                **key.as_dict(),
+                "architectures": " ".join(self.cfg["architecture_sets"][key.archset]),
+            }
             for key, exps in sorted(self.runs.items())
             for exp in exps
         ]

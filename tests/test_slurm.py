@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from test_workflow import EXPECTED_TABLES, REPO, SNAKEFILE, write_study
 
 pytestmark = pytest.mark.slurm
@@ -41,11 +40,28 @@ def test_smoke_study_runs_through_sbatch(tmp_path):
 
     cfg = write_study(tmp_path, edit=one_seed)
     cmd = [
-        "timeout", "-k", "30", "1200",
-        sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(tmp_path),
-        "--configfile", str(cfg), "--profile", str(REPO / "workflow" / "profiles" / "slurm"),
+        "timeout",
+        "-k",
+        "30",
+        "1200",
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(SNAKEFILE),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(cfg),
+        "--profile",
+        str(REPO / "workflow" / "profiles" / "slurm"),
         # the CI cluster has no accounting database: poll with squeue, quickly
-        "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5", "--jobs", "4",
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "5",
+        "--jobs",
+        "4",
     ]
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]

@@ -61,8 +61,13 @@ def test_runs_are_checked_against_the_run_schema_before_any_job():
 
 def test_figure_names_follow_the_experiments():
     s = Study(study_cfg(bottleneck={"d": [16, 32]}, homogeneous={"architectures": ["cnn"]}))
-    assert s.figure_names() == ["curves_bottleneck", "curves_homogeneous", "bottleneck_tradeoff",
-                                "partition_a0.5-s0", "partition_a0.5-s1"]
+    assert s.figure_names() == [
+        "curves_bottleneck",
+        "curves_homogeneous",
+        "bottleneck_tradeoff",
+        "partition_a0.5-s0",
+        "partition_a0.5-s1",
+    ]
 
 
 def test_workflow_schema_lists_every_architecture_and_method():

@@ -70,7 +70,10 @@ def test_dry_run_of_the_paper_study_opens_no_dataset(tmp_path):
         (lambda c: c["architecture_sets"].update(odd=["vgg17"]), ["vgg17", "architecture_sets"]),
         (lambda c: c["experiments"]["noniid"].update(alpha=[-0.5]), ["-0.5", "noniid"]),
         (lambda c: c["experiments"]["fusion"].update(fusion=["sum"]), ["sum", "fusion"]),
-        (lambda c: c["experiments"]["homogeneous"].update(architectures=["nope"]), ["experiments.homogeneous.architectures", "nope"]),
+        (
+            lambda c: c["experiments"]["homogeneous"].update(architectures=["nope"]),
+            ["experiments.homogeneous.architectures", "nope"],
+        ),
         (lambda c: c["base"]["federated"].update(rounds=0), ["federated.rounds: 0 must be >= 1"]),
         (lambda c: c["experiments"]["fusion"].update(methods=["fedavg"]), ["experiment fusion", "same architecture"]),
     ],
@@ -84,8 +87,20 @@ def test_bad_study_config_fails_before_any_job(tmp_path, edit, fragments):
     assert not (tmp_path / "results").exists()
 
 
-EXPECTED_TABLES = ["accuracy.csv", "accuracy.md", "communication.csv", "communication.md", "compute.csv", "compute.md",
-                   "paper_vs_ours.csv", "paper_vs_ours.md", "runs.csv", "curves.csv", "per_architecture.csv", "provenance.json"]
+EXPECTED_TABLES = [
+    "accuracy.csv",
+    "accuracy.md",
+    "communication.csv",
+    "communication.md",
+    "compute.csv",
+    "compute.md",
+    "paper_vs_ours.csv",
+    "paper_vs_ours.md",
+    "runs.csv",
+    "curves.csv",
+    "per_architecture.csv",
+    "provenance.json",
+]
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +108,21 @@ def smoke(tmp_path_factory):
     """The smoke study run once, interrupted mid-way (SIGTERM) and run again to the end."""
     workdir = tmp_path_factory.mktemp("smoke")
     cfg = write_study(workdir)
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), "--cores", "2",
-           "--configfile", str(cfg)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(SNAKEFILE),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        "--configfile",
+        str(cfg),
+    ]
     runs = workdir / "results" / "smoke" / "runs"
-    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline and len(list(runs.glob("**/summary.json"))) < 3:
         time.sleep(0.5)

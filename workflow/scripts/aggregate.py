@@ -16,7 +16,6 @@ Every Markdown table ends with its provenance; ``provenance.json`` has it per ru
 Run as a Snakemake script, or import :func:`aggregate` from tests.
 """
 
-
 import json
 import math
 from datetime import datetime, timezone
@@ -50,31 +49,33 @@ def run_rows(run_table: list[dict], runs_dir: Path) -> pd.DataFrame:
         s = json.loads((runs_dir / entry["run"] / "summary.json").read_text())
         final, best = s["final"], s["best"]
         prov = s["provenance"]
-        rows.append({
-            **entry,
-            "rounds": s["rounds"],
-            "final_pers_acc": final.get("pers_acc"),
-            "final_pers_acc_client_std": final.get("pers_acc_std"),
-            "best_pers_acc": best.get("pers_acc", {}).get("value"),
-            "best_pers_round": best.get("pers_acc", {}).get("round"),
-            "final_global_acc": final.get("global_acc"),
-            "best_global_acc": best.get("global_acc", {}).get("value"),
-            "best_global_round": best.get("global_acc", {}).get("round"),
-            "mb_up_per_client": final["mb_up_per_client"],
-            "mb_down_per_client": final["mb_down_per_client"],
-            "mb_round_total": final["mb_round_total"],
-            "payload_bytes": s["communication"]["payload_bytes_up_per_client"],
-            "shared_tensor_bytes": s["communication"]["shared_tensor_bytes"],
-            "rejected_payloads": sum(1 for e in s["events"] if e["event"] == "payload_rejected"),
-            "wall_s": s["timing"]["wall_s"],
-            "mean_round_s": s["timing"]["mean_round_s"],
-            "commit": (prov["git"]["commit"] or "")[:12],
-            "dirty": prov["git"]["dirty"],
-            "device": prov["device"]["name"],
-            "torch": prov["packages"]["torch"],
-            "finished": prov["finished"],
-            "dataset": s["dataset"],
-        })
+        rows.append(
+            {
+                **entry,
+                "rounds": s["rounds"],
+                "final_pers_acc": final.get("pers_acc"),
+                "final_pers_acc_client_std": final.get("pers_acc_std"),
+                "best_pers_acc": best.get("pers_acc", {}).get("value"),
+                "best_pers_round": best.get("pers_acc", {}).get("round"),
+                "final_global_acc": final.get("global_acc"),
+                "best_global_acc": best.get("global_acc", {}).get("value"),
+                "best_global_round": best.get("global_acc", {}).get("round"),
+                "mb_up_per_client": final["mb_up_per_client"],
+                "mb_down_per_client": final["mb_down_per_client"],
+                "mb_round_total": final["mb_round_total"],
+                "payload_bytes": s["communication"]["payload_bytes_up_per_client"],
+                "shared_tensor_bytes": s["communication"]["shared_tensor_bytes"],
+                "rejected_payloads": sum(1 for e in s["events"] if e["event"] == "payload_rejected"),
+                "wall_s": s["timing"]["wall_s"],
+                "mean_round_s": s["timing"]["mean_round_s"],
+                "commit": (prov["git"]["commit"] or "")[:12],
+                "dirty": prov["git"]["dirty"],
+                "device": prov["device"]["name"],
+                "torch": prov["packages"]["torch"],
+                "finished": prov["finished"],
+                "dataset": s["dataset"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -95,7 +96,7 @@ def per_architecture(runs: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
         final = json.loads((runs_dir / run / "summary.json").read_text())["final"]
         for key, value in final.items():
             if key.startswith("global_acc_") and key != "global_acc_std":
-                rows.append({"run": run, "architecture": key[len("global_acc_"):], "final_global_acc": value})
+                rows.append({"run": run, "architecture": key[len("global_acc_") :], "final_global_acc": value})
     return pd.DataFrame(rows, columns=["run", "architecture", "final_global_acc"])
 
 
@@ -107,14 +108,18 @@ def client_throughput(run_table: list[dict], runs_dir: Path) -> pd.DataFrame:
         if "time_train_s" not in c:
             continue
         c = c[c["participated"].astype(str) == "True"]
-        frames.append(c.assign(method=entry["method"], d=entry["d"])[["architecture", "method", "d", "train_samples", "time_train_s"]])
+        frames.append(
+            c.assign(method=entry["method"], d=entry["d"])[["architecture", "method", "d", "train_samples", "time_train_s"]]
+        )
     if not frames:
         return pd.DataFrame(columns=["architecture", "method", "d", "images_per_s", "client_round_s"])
     c = pd.concat(frames)
     g = c.groupby(["architecture", "method", "d"])
-    return g.agg(samples=("train_samples", "sum"), seconds=("time_train_s", "sum"), client_round_s=("time_train_s", "mean")).assign(
-        images_per_s=lambda t: t["samples"] / t["seconds"]
-    ).reset_index()
+    return (
+        g.agg(samples=("train_samples", "sum"), seconds=("time_train_s", "sum"), client_round_s=("time_train_s", "mean"))
+        .assign(images_per_s=lambda t: t["samples"] / t["seconds"])
+        .reset_index()
+    )
 
 
 # ------------------------------------------------------------------ tables
@@ -141,14 +146,19 @@ def communication_table(runs: pd.DataFrame, costs: dict) -> pd.DataFrame:
     for _, r in first.iterrows():
         for arch in dict.fromkeys(r["architectures"].split()):
             full = fedavg.get(arch, math.nan)
-            rows.append({
-                "archset": r["archset"], "method": r["method"], "d": r["d"], "backbone": arch,
-                "mb_up_per_client_per_round": r["mb_up_per_client"],
-                "mb_down_per_client_per_round": r["mb_down_per_client"],
-                "mb_per_round_all_clients": r["mb_round_total"],
-                "fedavg_mb_per_client_per_round": full,
-                "saved_vs_fedavg_pct": 100 * (1 - r["mb_up_per_client"] / full),
-            })
+            rows.append(
+                {
+                    "archset": r["archset"],
+                    "method": r["method"],
+                    "d": r["d"],
+                    "backbone": arch,
+                    "mb_up_per_client_per_round": r["mb_up_per_client"],
+                    "mb_down_per_client_per_round": r["mb_down_per_client"],
+                    "mb_per_round_all_clients": r["mb_round_total"],
+                    "fedavg_mb_per_client_per_round": full,
+                    "saved_vs_fedavg_pct": 100 * (1 - r["mb_up_per_client"] / full),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -191,31 +201,79 @@ def paper_vs_ours(runs: pd.DataFrame, costs: dict, command: str) -> pd.DataFrame
         if claim["kind"] == "accuracy":
             subset = hetero[hetero["d"] == claim["d"]].drop_duplicates("run")
             if subset.empty:
-                rows.append({**base, "ours": math.nan, "protocol": f"not run in this study (needs fedunet, VGG11/13/16/19, d={claim['d']})",
-                             "dataset": "", "source": "", "command": command})
+                rows.append(
+                    {
+                        **base,
+                        "ours": math.nan,
+                        "protocol": f"not run in this study (needs fedunet, VGG11/13/16/19, d={claim['d']})",
+                        "dataset": "",
+                        "source": "",
+                        "command": command,
+                    }
+                )
                 continue
-            for col, protocol in (("final_global_acc", "global, final round"), ("final_pers_acc", "personalized, final round"),
-                                  ("best_global_acc", "global, best round")):
-                rows.append({**base, "ours": 100 * subset[col].mean(), "ours_std": 100 * subset[col].std(ddof=1) if len(subset) > 1 else 0.0,
-                             "protocol": f"{protocol}, mean over {len(subset)} runs (seeds x alpha/fusion)",
-                             "dataset": subset["dataset"].iloc[0],
-                             "source": f"runs/{subset['archset'].iloc[0]}/fedunet/d{claim['d']}-*", "command": command})
+            for col, protocol in (
+                ("final_global_acc", "global, final round"),
+                ("final_pers_acc", "personalized, final round"),
+                ("best_global_acc", "global, best round"),
+            ):
+                rows.append(
+                    {
+                        **base,
+                        "ours": 100 * subset[col].mean(),
+                        "ours_std": 100 * subset[col].std(ddof=1) if len(subset) > 1 else 0.0,
+                        "protocol": f"{protocol}, mean over {len(subset)} runs (seeds x alpha/fusion)",
+                        "dataset": subset["dataset"].iloc[0],
+                        "source": f"runs/{subset['archset'].iloc[0]}/fedunet/d{claim['d']}-*",
+                        "command": command,
+                    }
+                )
         elif claim["kind"] == "bytes":
             u = unets[claim["d"]]
-            rows.append({**base, "ours": u["bottleneck_state_bytes"] / 1e6, "protocol": f"bottleneck state_dict, fp32, d={claim['d']}",
-                         "dataset": "any (independent of input)", "source": "costs.json (fedunet info)",
-                         "command": "fedunet info"})
-            rows.append({**base, "ours": u["payload_bytes_fp32"] / 1e6, "protocol": f"serialized payload incl. header, d={claim['d']}",
-                         "dataset": "any (independent of input)", "source": "costs.json (fedunet info)", "command": "fedunet info"})
+            rows.append(
+                {
+                    **base,
+                    "ours": u["bottleneck_state_bytes"] / 1e6,
+                    "protocol": f"bottleneck state_dict, fp32, d={claim['d']}",
+                    "dataset": "any (independent of input)",
+                    "source": "costs.json (fedunet info)",
+                    "command": "fedunet info",
+                }
+            )
+            rows.append(
+                {
+                    **base,
+                    "ours": u["payload_bytes_fp32"] / 1e6,
+                    "protocol": f"serialized payload incl. header, d={claim['d']}",
+                    "dataset": "any (independent of input)",
+                    "source": "costs.json (fedunet info)",
+                    "command": "fedunet info",
+                }
+            )
         else:
             saving = 100 * (1 - unets[128]["payload_bytes_fp32"] / unets[1024]["payload_bytes_fp32"])
-            rows.append({**base, "ours": saving, "protocol": "1 - payload(d=128) / payload(d=1024)", "dataset": "any",
-                         "source": "costs.json (fedunet info)", "command": "fedunet info"})
+            rows.append(
+                {
+                    **base,
+                    "ours": saving,
+                    "protocol": "1 - payload(d=128) / payload(d=1024)",
+                    "dataset": "any",
+                    "source": "costs.json (fedunet info)",
+                    "command": "fedunet info",
+                }
+            )
             vgg16 = next((b for b in costs["backbones"] if b["architecture"] == "vgg16"), None)
             if vgg16 is not None and costs["width"] == 1.0 and costs["geometry"][0] == 3:
-                rows.append({**base, "ours": 100 * (1 - unets[128]["payload_bytes_fp32"] / vgg16["fedavg_payload_bytes_fp32"]),
-                             "protocol": "1 - payload(d=128) / whole VGG16-BN (58.9 MB)", "dataset": "any",
-                             "source": "costs.json (fedunet info)", "command": "fedunet info"})
+                rows.append(
+                    {
+                        **base,
+                        "ours": 100 * (1 - unets[128]["payload_bytes_fp32"] / vgg16["fedavg_payload_bytes_fp32"]),
+                        "protocol": "1 - payload(d=128) / whole VGG16-BN (58.9 MB)",
+                        "dataset": "any",
+                        "source": "costs.json (fedunet info)",
+                        "command": "fedunet info",
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -272,9 +330,11 @@ def accuracy_markdown(t: pd.DataFrame, prov: dict) -> str:
         show[label + " (%)"] = [
             "-" if math.isnan(m) else f"{100 * m:.2f} ± {100 * s:.2f}" for m, s in zip(t[f"{col}_mean"], t[f"{col}_std"])
         ]
-    note = ("Accuracy (%) as mean ± std over seeds (sample std). Personalized: each client on its own held-out split, "
-            "sample-weighted (HtFLlib protocol; HtFLlib reports best round only). Global: each client model on the full "
-            "test set, averaged over clients (NIID-Bench protocol).")
+    note = (
+        "Accuracy (%) as mean ± std over seeds (sample std). Personalized: each client on its own held-out split, "
+        "sample-weighted (HtFLlib protocol; HtFLlib reports best round only). Global: each client model on the full "
+        "test set, averaged over clients (NIID-Bench protocol)."
+    )
     return markdown(show, "Accuracy", note, prov)
 
 
@@ -301,21 +361,50 @@ def aggregate(run_table: list[dict], runs_dir: Path, tables: Path, costs_path: P
     acc = accuracy_table(runs)
     write(acc, tables, "accuracy", accuracy_markdown(acc, prov))
     comm = communication_table(runs, costs)
-    write(comm, tables, "communication", markdown(
-        comm, "Communication", "MB = 10^6 bytes of the real serialized payloads, per client per round (up, down) and per "
-        "round over all clients. FedAvg = the whole backbone + classifier of that client sent instead (fp32).", prov))
+    write(
+        comm,
+        tables,
+        "communication",
+        markdown(
+            comm,
+            "Communication",
+            "MB = 10^6 bytes of the real serialized payloads, per client per round (up, down) and per "
+            "round over all clients. FedAvg = the whole backbone + classifier of that client sent instead (fp32).",
+            prov,
+        ),
+    )
     comp = compute_table(costs, client_throughput(run_table, runs_dir))
-    write(comp, tables, "compute", markdown(
-        comp, "Compute", f"Training FLOPs per sample (forward + backward, torch FlopCounterMode) of each backbone alone and "
-        f"with the d={costs['d']} U-Net; images/s from a microbenchmark (`fedunet info --measure`, batch 64) and as "
-        "measured inside the study's runs (per client, local training only). The U-Net is light in traffic, not in compute.",
-        prov))
+    write(
+        comp,
+        tables,
+        "compute",
+        markdown(
+            comp,
+            "Compute",
+            f"Training FLOPs per sample (forward + backward, torch FlopCounterMode) of each backbone alone and "
+            f"with the d={costs['d']} U-Net; images/s from a microbenchmark (`fedunet info --measure`, batch 64) and as "
+            "measured inside the study's runs (per client, local training only). The U-Net is light in traffic, not in compute.",
+            prov,
+        ),
+    )
     pvo = paper_vs_ours(runs, costs, command)
-    write(pvo, tables, "paper_vs_ours", markdown(
-        pvo, "Paper vs ours", "`paper`: the values stated by Seo, Lee, Park (arXiv 2508.12740), not reproduced by us. "
-        "`ours`: produced by this pipeline; accuracy on our dataset and protocol (see columns), so a gap may reflect the "
-        "dataset and settings rather than the method.", prov))
-    per_run = {r["run"]: {k: r[k] for k in ("commit", "dirty", "device", "torch", "finished")} for _, r in runs.drop_duplicates("run").iterrows()}
+    write(
+        pvo,
+        tables,
+        "paper_vs_ours",
+        markdown(
+            pvo,
+            "Paper vs ours",
+            "`paper`: the values stated by Seo, Lee, Park (arXiv 2508.12740), not reproduced by us. "
+            "`ours`: produced by this pipeline; accuracy on our dataset and protocol (see columns), so a gap may reflect the "
+            "dataset and settings rather than the method.",
+            prov,
+        ),
+    )
+    per_run = {
+        r["run"]: {k: r[k] for k in ("commit", "dirty", "device", "torch", "finished")}
+        for _, r in runs.drop_duplicates("run").iterrows()
+    }
     atomic_write_json(tables / "provenance.json", {**prov, "per_run": per_run})
 
 

@@ -10,7 +10,6 @@
 Run as a Snakemake script, or import :func:`make_figures` from tests.
 """
 
-
 import math
 from pathlib import Path
 
@@ -105,7 +104,9 @@ def alpha_figure(runs: pd.DataFrame, figures: Path, footer: str) -> None:
     for (archset, method), group in exp.groupby(["archset", "method"]):
         s = _mean_std(group, ["alpha_x"], ["final_pers_acc", "final_global_acc"]).reindex(order)
         for ax, (col, _) in zip(axes, (("final_pers_acc", 0), ("final_global_acc", 1))):
-            ax.errorbar(ticks, 100 * s[(col, "mean")], yerr=100 * s[(col, "std")], marker="o", capsize=3, label=f"{method} ({archset})")
+            ax.errorbar(
+                ticks, 100 * s[(col, "mean")], yerr=100 * s[(col, "std")], marker="o", capsize=3, label=f"{method} ({archset})"
+            )
     for ax, (_, title) in zip(axes, PROTOCOLS):
         ax.set_xticks(ticks, ["IID" if math.isinf(a) else f"{a:g}" for a in order])
         ax.set_xlabel("Dirichlet α (smaller = more label skew)")
@@ -122,7 +123,14 @@ def grouped_bars(ax, table: pd.DataFrame, groups: list[str], series: list[str], 
     for i, name in enumerate(series):
         means = [table.loc[(g, name), "mean"] if (g, name) in table.index else np.nan for g in groups]
         stds = [table.loc[(g, name), "std"] if (g, name) in table.index else 0 for g in groups]
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, 100 * np.array(means), width, yerr=100 * np.nan_to_num(stds), capsize=3, label=name)
+        ax.bar(
+            x + (i - (len(series) - 1) / 2) * width,
+            100 * np.array(means),
+            width,
+            yerr=100 * np.nan_to_num(stds),
+            capsize=3,
+            label=name,
+        )
     ax.set_xticks(x, groups, fontsize=8)
     ax.set_ylabel("final accuracy (%)")
     ax.set_title(title)
