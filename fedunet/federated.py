@@ -188,6 +188,9 @@ class Simulation:
             if self.rt.compile:
                 client.forward = torch.compile(model)
             self.clients.append(client)
+        # one reusable payload buffer per sender: shapes repeat every round
+        self.encoders = [serialization.Encoder() for _ in self.clients]
+        self.server_encoder = serialization.Encoder()
         self.server_generator = torch.Generator().manual_seed(derive_seed(cfg["seed"], "server"))
         torch.manual_seed(derive_seed(cfg["seed"], "global"))
         initial = self.method.setup(self.clients)
@@ -203,7 +206,7 @@ class Simulation:
 
     def _broadcast(self, message: dict) -> int:
         """Serialize the server's message once, check and apply it at every client; returns bytes sent."""
-        blob = serialization.encode(message, float_dtype=self.cfg["federated"]["payload_dtype"])
+        blob = self.server_encoder.encode(message, float_dtype=self.cfg["federated"]["payload_dtype"])
         spec = serialization.PayloadSpec.for_tensors(message, self.cfg["federated"]["payload_dtype"])
         tensors, _ = serialization.decode(blob, spec)
         for client in self.clients:
@@ -248,7 +251,7 @@ class Simulation:
                 self._event(r, c, "diverged", f"local training loss is {stats.loss}")
             payload = self.method.upload(c)
             if payload is not None:
-                blob = serialization.encode(payload, float_dtype=cfg["federated"]["payload_dtype"])
+                blob = self.encoders[c.index].encode(payload, float_dtype=cfg["federated"]["payload_dtype"])
                 if self.tamper is not None:
                     blob = self.tamper(r, c, blob)
                 rec["bytes_up"] = len(blob)

@@ -46,8 +46,7 @@ def _wire_dtype(t: Tensor, float_dtype: torch.dtype | None) -> torch.dtype:
     return float_dtype if float_dtype is not None and t.is_floating_point() else t.dtype
 
 
-def encode(tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None, float_dtype: str | None = None) -> bytearray:
-    """Serialize ``tensors`` (any device) into one buffer; floats cast to ``float_dtype`` if given."""
+def _layout(tensors: Mapping[str, Tensor], metadata, float_dtype: str | None) -> tuple[list[dict], bytes, int]:
     cast = WIRE_DTYPES[float_dtype] if float_dtype is not None else None
     entries, offset = [], 0
     for name, t in tensors.items():
@@ -59,17 +58,48 @@ def encode(tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = N
         offset = _align(offset + nbytes)
     header = json.dumps({"tensors": entries, "metadata": dict(metadata or {})}, separators=(",", ":")).encode()
     header += b" " * (_align(len(header)) - len(header))
-    start = _PREFIX + len(header)
-    buf = bytearray(start + offset)
-    buf[: len(MAGIC)] = MAGIC
-    buf[len(MAGIC) : _PREFIX] = struct.pack("<Q", len(header))
-    buf[_PREFIX:start] = header
-    for entry, t in zip(entries, tensors.values()):
-        if entry["nbytes"]:
-            dtype = DTYPES[entry["dtype"]]
-            dest = torch.frombuffer(buf, dtype=dtype, count=t.numel(), offset=start + entry["offset"])
-            dest.copy_(t.detach().reshape(-1))
-    return buf
+    return entries, header, offset
+
+
+class Encoder:
+    """Serializes payloads into a buffer it keeps: a client sends the same shapes every round,
+    so after the first round encoding is one copy of the tensors and no allocation.
+
+    The returned memoryview is valid until the next call on the same encoder.
+    """
+
+    def __init__(self):
+        self._buffer = torch.empty(0, dtype=torch.uint8)
+
+    def encode(
+        self, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None, float_dtype: str | None = None
+    ) -> memoryview:
+        entries, header, data_bytes = _layout(tensors, metadata, float_dtype)
+        start = _PREFIX + len(header)
+        total = start + data_bytes
+        if self._buffer.numel() < total:
+            self._buffer = torch.empty(total, dtype=torch.uint8)
+        buf = self._buffer[:total]
+        raw = memoryview(buf.numpy())
+        raw[: len(MAGIC)] = MAGIC
+        raw[len(MAGIC) : _PREFIX] = struct.pack("<Q", len(header))
+        raw[_PREFIX:start] = header
+        for entry, t in zip(entries, tensors.values()):
+            n = entry["nbytes"]
+            if n:
+                o = start + entry["offset"]
+                buf[o : o + n].view(DTYPES[entry["dtype"]]).copy_(t.detach().reshape(-1))
+            pad = _align(entry["offset"] + n) - entry["offset"] - n
+            if pad:
+                buf[start + entry["offset"] + n : start + entry["offset"] + n + pad].zero_()
+        return raw
+
+
+def encode(
+    tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None, float_dtype: str | None = None
+) -> bytearray:
+    """Serialize ``tensors`` (any device) into a new buffer; floats cast to ``float_dtype`` if given."""
+    return bytearray(Encoder().encode(tensors, metadata, float_dtype))
 
 
 @dataclass(frozen=True)
@@ -123,18 +153,25 @@ def decode(blob: bytes | bytearray | memoryview, spec: PayloadSpec | None = None
     tensors: dict[str, Tensor] = {}
     with warnings.catch_warnings():  # read-only buffers (bytes) are fine: we never write to them
         warnings.simplefilter("ignore", UserWarning)
-        for e in entries:
-            dtype, numel = DTYPES[e["dtype"]], _numel(e["shape"])
-            if numel:
-                t = torch.frombuffer(blob, dtype=dtype, count=numel, offset=start + e["offset"])
-            else:
-                t = torch.empty(0, dtype=dtype)
-            tensors[e["name"]] = t.view(e["shape"])
+        raw = torch.frombuffer(blob, dtype=torch.uint8) if size else torch.empty(0, dtype=torch.uint8)
+    aligned = raw.data_ptr() % 8 == 0
+    for e in entries:
+        dtype, o = DTYPES[e["dtype"]], start + e["offset"]
+        chunk = raw[o : o + e["nbytes"]]
+        if not aligned:  # a view needs aligned memory; copy the rare unaligned buffer
+            chunk = chunk.clone()
+        tensors[e["name"]] = chunk.view(dtype).view(e["shape"])
     if spec is not None and spec.check_finite:
         for name, t in tensors.items():
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            if t.is_floating_point() and t.numel() and not _finite(t):
                 raise PayloadError(f"tensor {name!r} contains NaN or Inf")
     return tensors, metadata
+
+
+def _finite(t: Tensor) -> bool:
+    """One pass, no temporary the size of ``t``: NaN propagates into min/max, Inf shows in them."""
+    low, high = torch.aminmax(t)
+    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
 
 
 def _numel(shape: list[int]) -> int:

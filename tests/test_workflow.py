@@ -124,12 +124,13 @@ def smoke(tmp_path_factory):
     runs = workdir / "results" / "smoke" / "runs"
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + 600
-    while time.time() < deadline and len(list(runs.glob("**/summary.json"))) < 3:
+    while time.time() < deadline and len(list(runs.glob("**/summary.json"))) < 4:
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGTERM)  # as a scheduler or Ctrl-C would
     proc.wait(timeout=120)
+    # Jobs snakemake had not yet seen finish lose their outputs: they count as interrupted.
     finished_before = {p: p.stat().st_mtime_ns for p in runs.glob("**/summary.json")}
-    assert 3 <= len(finished_before) < 26, "the interruption came too late to test anything"
+    assert 2 <= len(finished_before) < 26, "the interruption came too late to test anything"
     r = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return workdir, cfg, finished_before

@@ -1,0 +1,73 @@
+"""Bottleneck payloads: our format (serialize + validate + deserialize) against torch.save/load
+through BytesIO, safetensors, and a plain copy of the same bytes (the memcpy limit)."""
+
+import io
+
+import pytest
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from fedunet.model import select_state
+from fedunet.serialization import WIRE_DTYPES, Encoder, PayloadSpec, decode, encode
+from fedunet.unet import BOTTLENECK_PREFIX, UNet
+
+
+def bottleneck(d: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    unet = UNet(3, d, 32)
+    unet.bottleneck.apply(lambda m: torch.nn.init.normal_(m.weight) if hasattr(m, "weight") and m.weight is not None else None)
+    state = select_state(torch.nn.ModuleDict({"unet": unet}), BOTTLENECK_PREFIX)
+    return {k: v.clone() for k, v in state.items()}
+
+
+SIZES = (64, 128, 256, 512, 1024)
+
+
+def _cases():
+    return [(d, dt) for d in SIZES for dt in WIRE_DTYPES]
+
+
+def _cast(tensors, dtype):
+    target = WIRE_DTYPES[dtype]
+    return {k: v.to(target) if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+@pytest.mark.parametrize("impl", ["ours", "torch", "safetensors", "memcpy"])
+@pytest.mark.parametrize("d, dtype", _cases())
+def test_serialization(benchmark, bench_size, impl, d, dtype):
+    if bench_size == "small" and d > 128:
+        pytest.skip("full size only")
+    tensors = bottleneck(d)
+    spec = PayloadSpec.for_tensors(tensors, dtype)
+    nbytes = len(encode(tensors, float_dtype=dtype))
+
+    if impl == "ours":
+        encoder = Encoder()  # as in the engine: one per sender, reused every round
+
+        def roundtrip():
+            return decode(encoder.encode(tensors, float_dtype=dtype), spec)[0]
+    elif impl == "torch":
+        def roundtrip():
+            buf = io.BytesIO()
+            torch.save(_cast(tensors, dtype), buf)
+            return torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+    elif impl == "safetensors":
+        def roundtrip():
+            return st_load(st_save(_cast(tensors, dtype)))
+    else:
+        src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8)
+        dst = torch.empty_like(src)
+
+        def roundtrip():
+            return dst.copy_(src)
+
+    benchmark.group = "serialization"
+    benchmark.extra_info.update(case=f"d{d}-{dtype}", impl=impl, bytes=nbytes)
+    out = benchmark(roundtrip)
+    if impl != "memcpy":
+        back = out
+        for name, t in _cast(tensors, dtype).items():
+            assert back[name].dtype == t.dtype and torch.equal(back[name], t), name  # exact, fp32 included
+        if dtype == "float32":
+            assert all(torch.equal(back[n], tensors[n]) for n in tensors)
