@@ -5,8 +5,8 @@ two implementations of the same case, and the suite prints (and writes into the 
 whether each goal is met.  With ``--benchmark-disable`` (the CI fast mode) every
 benchmark body runs once for its correctness assertions and no goal is evaluated.
 
-    .venv/bin/python -m pytest benchmarks --benchmark-only --benchmark-json benchmarks/results/<name>.json
-    .venv/bin/python -m pytest benchmarks --benchmark-disable --bench-size small   # fast mode
+    bash scripts/bench.sh                                  # full sizes, JSON + Markdown into benchmarks/results/
+    .venv/bin/python -m pytest benchmarks                   # fast mode: small sizes, timing disabled (part of CI)
 """
 
 from __future__ import annotations
@@ -27,8 +27,13 @@ GOALS = [
 
 
 def pytest_addoption(parser):
-    parser.addoption("--bench-size", choices=["small", "full"], default="full",
-                     help="small: tiny synthetic inputs (CI fast mode); full: the published sizes")
+    parser.addoption(
+        "--bench-size",
+        choices=["small", "full"],
+        default="small",
+        help="small: tiny synthetic inputs, each benchmark once for correctness (the default, run by "
+        "the test suite); full: the published sizes (scripts/bench.sh)",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -56,10 +61,21 @@ def evaluate_goals(benchmarks) -> list[dict]:
             cases = {largest: cases[largest]}
         for case, impls in sorted(cases.items()):
             ratio = _median(impls[slow]) / _median(impls[fast])
-            results.append({"goal": goal, "case": case, "ratio": ratio, "minimum": minimum, "met": ratio >= minimum,
-                            "slow": slow, "fast": fast})
+            results.append(
+                {
+                    "goal": goal,
+                    "case": case,
+                    "ratio": ratio,
+                    "minimum": minimum,
+                    "met": ratio >= minimum,
+                    "slow": slow,
+                    "fast": fast,
+                }
+            )
         if not cases:
-            results.append({"goal": goal, "case": "-", "ratio": None, "minimum": minimum, "met": None, "slow": slow, "fast": fast})
+            results.append(
+                {"goal": goal, "case": "-", "ratio": None, "minimum": minimum, "met": None, "slow": slow, "fast": fast}
+            )
     return results
 
 
@@ -79,3 +95,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             continue
         verdict = "MET   " if r["met"] else "MISSED"
         terminalreporter.write_line(f"  {verdict} {r['ratio']:8.2f} (>= {r['minimum']})  {r['goal']}  [{r['case']}]")
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    import torch
+
+    machine_info["fedunet_torch"] = torch.__version__
+    machine_info["fedunet_threads"] = torch.get_num_threads()
+    if torch.cuda.is_available():
+        machine_info["fedunet_gpu"] = torch.cuda.get_device_name(0)

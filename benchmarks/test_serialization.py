@@ -48,11 +48,13 @@ def test_serialization(benchmark, bench_size, impl, d, dtype):
         def roundtrip():
             return decode(encoder.encode(tensors, float_dtype=dtype), spec)[0]
     elif impl == "torch":
+
         def roundtrip():
             buf = io.BytesIO()
             torch.save(_cast(tensors, dtype), buf)
             return torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
     elif impl == "safetensors":
+
         def roundtrip():
             return st_load(st_save(_cast(tensors, dtype)))
     else:

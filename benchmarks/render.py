@@ -1,0 +1,67 @@
+"""Render committed benchmark JSON (pytest-benchmark) into benchmarks/results/README.md.
+
+Ratios against the goals first, then the absolute figures with the machine they were
+measured on. Every number comes from the JSON files; nothing is typed in by hand.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine(data: dict) -> str:
+    m = data["machine_info"]
+    cpu = m.get("cpu", {}).get("brand_raw", m.get("processor", "?"))
+    gpu = m.get("fedunet_gpu")
+    cores = m.get("cpu", {}).get("count", "?")
+    return f"{gpu} GPU" if gpu else f"{cpu}, {cores} cores"
+
+
+def render(paths: list[Path]) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        "Produced by `bash scripts/bench.sh` (pytest-benchmark); rendered by `benchmarks/render.py` from the JSON "
+        "files in this folder. Ratios are measured side by side in one run: reference time / our time, so a "
+        "speed-up for the slow references and a fraction of the limit for memcpy and the bare loop.",
+        "",
+    ]
+    for path in paths:
+        data = json.loads(path.read_text())
+        commit = data.get("commit_info", {})
+        lines += [
+            f"## {path.name}",
+            "",
+            f"Machine: {machine(data)}; {data['machine_info'].get('python_implementation', '')} "
+            f"{data['machine_info'].get('python_version', '')}; torch {data['machine_info'].get('fedunet_torch', '?')}; "
+            f"commit {str(commit.get('id', '?'))[:12]}{' (dirty)' if commit.get('dirty') else ''}; "
+            f"date {data.get('datetime', '?')}; size `{data.get('bench_size', '?')}`.",
+            "",
+            "| goal | case | ratio | goal | verdict |",
+            "|---|---|---|---|---|",
+        ]
+        for g in data.get("goals", []):
+            ratio = "-" if g["ratio"] is None else f"{g['ratio']:.2f}"
+            verdict = "not measured" if g["met"] is None else ("met" if g["met"] else "**missed**")
+            lines.append(f"| {g['goal']} | {g['case']} | {ratio} | >= {g['minimum']} | {verdict} |")
+        lines += ["", "| group | case | implementation | median | throughput |", "|---|---|---|---|---|"]
+        for b in sorted(
+            data["benchmarks"], key=lambda b: (b["group"] or "", b["extra_info"].get("case", ""), b["stats"]["median"])
+        ):
+            info, median = b["extra_info"], b["stats"]["median"]
+            if "bytes" in info:
+                rate = f"{info['bytes'] / median / 1e9:.2f} GB/s"
+            elif "samples" in info:
+                rate = f"{info['samples'] / median:,.0f} samples/s"
+            else:
+                rate = ""
+            lines.append(f"| {b['group']} | {info.get('case', '')} | {info.get('impl', '')} | {median * 1e3:.2f} ms | {rate} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    paths = sorted(RESULTS.glob("*.json")) if len(sys.argv) == 1 else [Path(p) for p in sys.argv[1:]]
+    (RESULTS / "README.md").write_text(render(paths))
