@@ -128,7 +128,7 @@ def test_engine_and_reference_aggregate_the_same_bottleneck(bench_size, tmp_path
         theirs = ref.global_state[name]
         scale = float(theirs.double().abs().max()) or 1.0
         torch.testing.assert_close(
-            ours.double(), theirs.double(), rtol=0, atol=max(1e-3 * scale, 1e-6), msg=lambda m: f"{name}: {m}"
+            ours.double(), theirs.double(), rtol=0, atol=max(1e-3 * scale, 1e-6), msg=lambda m, name=name: f"{name}: {m}"
         )
 
 
@@ -169,10 +169,11 @@ def test_data_path(benchmark, bench_size, tmp_path, impl):
     if impl == "ours":
 
         def epoch():
+            last = None
             for c in sim.clients:
-                for x, y in c.loader:
+                for last, _ in c.loader:
                     pass
-            return x
+            return last
     else:
         dataset = ImageFolderLike(sim.data.train_images, sim.data.train_labels, transforms_for(sim, augment=True))
         loaders = [
@@ -181,10 +182,11 @@ def test_data_path(benchmark, bench_size, tmp_path, impl):
         ]
 
         def epoch():
+            last = None
             for loader in loaders:
-                for x, y in loader:
+                for last, _ in loader:
                     pass
-            return x
+            return last
 
     x = benchmark.pedantic(epoch, rounds=3 if bench_size == "full" else 1, warmup_rounds=1 if bench_size == "full" else 0)
     assert x.dtype == torch.float32 and x.shape[1:] == sim.data.train_images.shape[1:]
