@@ -171,8 +171,8 @@ def test_data_path(benchmark, bench_size, tmp_path, impl):
         def epoch():
             last = None
             for c in sim.clients:
-                for last, _ in c.loader:
-                    pass
+                for batch in c.loader:
+                    last = batch[0]
             return last
     else:
         dataset = ImageFolderLike(sim.data.train_images, sim.data.train_labels, transforms_for(sim, augment=True))
@@ -184,8 +184,8 @@ def test_data_path(benchmark, bench_size, tmp_path, impl):
         def epoch():
             last = None
             for loader in loaders:
-                for last, _ in loader:
-                    pass
+                for batch in loader:
+                    last = batch[0]
             return last
 
     x = benchmark.pedantic(epoch, rounds=3 if bench_size == "full" else 1, warmup_rounds=1 if bench_size == "full" else 0)
