@@ -35,7 +35,21 @@ class Client:
     generator: torch.Generator
     bf16: bool = False
     forward: nn.Module | None = None  # the compiled model, when torch.compile is on
-    state: dict = field(default_factory=dict)  # method-specific per-client state (e.g. prototypes)
+    state: dict = field(default_factory=dict)  # method-specific per-client tensors (e.g. global prototypes)
+    aux: dict[str, nn.Module] = field(default_factory=dict)  # method-specific extra models (FML's meme, FedKD's mentee)
+
+    @property
+    def device(self) -> torch.device:
+        return self.loader.images.device
+
+    def attach(self, name: str, module: nn.Module) -> nn.Module:
+        """Add an extra trainable model: moved to the client's device and trained by its optimizer."""
+        module = module.to(self.device)
+        if self.loader.normalize.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        self.aux[name] = module
+        self.optimizer.add_param_group({"params": list(module.parameters())})
+        return module
 
     @property
     def num_train(self) -> int:
@@ -44,6 +58,13 @@ class Client:
     @property
     def num_test(self) -> int:
         return len(self.test_indices)
+
+    def unaugmented_batches(self, batch_size: int = 500):
+        """The client's training samples in order, normalized, without augmentation."""
+        loader = self.loader
+        for start in range(0, len(loader.indices), batch_size):
+            idx = loader.indices[start : start + batch_size]
+            yield loader.normalize(loader.images[idx]), loader.labels[idx]
 
     def autocast(self):
         if self.bf16:
@@ -54,8 +75,10 @@ class Client:
         return (self.forward or self.model)(x)
 
     def train(self, epochs: int, loss_fn: LossFn) -> TrainStats:
-        """Local training; stops early (and reports it) when the loss stops being finite."""
+        """Local training (of the model and any extra models the method attached)."""
         self.model.train()
+        for module in self.aux.values():
+            module.train()
         total = torch.zeros((), device=self.loader.images.device)
         samples = steps = 0
         for _ in range(epochs):

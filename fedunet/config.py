@@ -52,6 +52,17 @@ def schema() -> dict:
     s = load_yaml(text)
     s["properties"]["method"]["enum"] = methods.available()
     s["properties"]["model"]["properties"]["architectures"]["items"]["enum"] = models.available()
+    # each method declares its own hyperparameters (with defaults) in its file
+    s["properties"]["methods"] = {
+        "type": "object",
+        "additionalProperties": False,
+        "default": {},
+        "description": "hyperparameters of each method (only the selected method's are used)",
+        "properties": {
+            name: {"type": "object", "additionalProperties": False, "default": {}, "properties": methods.get(name).options}
+            for name in methods.available()
+        },
+    }
     return s
 
 

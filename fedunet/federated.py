@@ -87,6 +87,7 @@ def model_specs(cfg: dict, dataset: ImageDataset) -> list[ModelSpec]:
     if attach == "auto":
         attach = methods.get(cfg["method"]).attach_unet
     archs = m["architectures"]
+    method = methods.get(cfg["method"])
     return [
         ModelSpec(
             architecture=archs[i % len(archs)],
@@ -98,6 +99,8 @@ def model_specs(cfg: dict, dataset: ImageDataset) -> list[ModelSpec]:
             fusion=m["fusion"],
             min_bottleneck_size=m["unet"]["min_bottleneck_size"],
             max_poolings=m["unet"]["max_poolings"],
+            feature_width=m["feature_width"] if method.needs_projection else None,
+            projection=m["projection"],
         )
         for i in range(cfg["partition"]["num_clients"])
     ]
@@ -263,6 +266,7 @@ class Simulation:
         for c, blob in uploads:
             try:
                 tensors, _ = serialization.decode(blob, self.method.upload_spec(c))
+                self.method.check_upload(c, tensors)
                 accepted.append(Upload(c, tensors, float(c.num_train)))
             except PayloadError as e:
                 per_client[c.index]["rejected"] = str(e)
@@ -311,7 +315,7 @@ class Simulation:
     def _evaluate(self, c: Client, rec: dict) -> dict:
         bs = self.cfg["eval"]["batch_size"]
         correct, total, loss = metrics.evaluate(
-            c, self.data.train_images, self.data.train_labels, c.test_indices, bs, self.normalizer
+            c, self.data.train_images, self.data.train_labels, c.test_indices, bs, self.normalizer, self.method.predict
         )
         rec.update(pers_acc=correct / max(total, 1))
         result = {
@@ -323,7 +327,7 @@ class Simulation:
         }
         if self.cfg["eval"]["global"]:
             g_correct, g_total, g_loss = metrics.evaluate(
-                c, self.data.test_images, self.data.test_labels, None, bs, self.normalizer
+                c, self.data.test_images, self.data.test_labels, None, bs, self.normalizer, self.method.predict
             )
             result.update(global_acc=g_correct / g_total, global_loss=g_loss / g_total)
             rec.update(global_acc=g_correct / g_total)
@@ -346,6 +350,7 @@ class Simulation:
                     "optimizer": c.optimizer.state_dict(),
                     "generator": c.generator.get_state(),
                     "state": c.state,
+                    "aux": {name: m.state_dict() for name, m in c.aux.items()},
                 }
                 for c in self.clients
             ],
@@ -369,7 +374,9 @@ class Simulation:
             c.model.load_state_dict(s["model"])
             c.optimizer.load_state_dict(s["optimizer"])
             c.generator.set_state(s["generator"])
-            c.state = s["state"]
+            c.state = {k: v.to(c.device) if isinstance(v, torch.Tensor) else v for k, v in s["state"].items()}
+            for name, m in c.aux.items():
+                m.load_state_dict(s["aux"][name])
         self.method.load_state_dict(state["method"])
         self.server_generator.set_state(state["server_generator"])
         torch.set_rng_state(state["torch_rng"])

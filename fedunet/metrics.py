@@ -33,15 +33,21 @@ TIMING_COLUMNS = ("time_train_s", "time_aggregate_s", "time_eval_s", "time_round
 
 
 @torch.inference_mode()
-def evaluate(client: Client, images, labels, indices, batch_size: int, normalizer: Normalizer) -> tuple[int, int, float]:
-    """(correct, total, summed loss) of ``client``'s model over the given samples."""
+def evaluate(
+    client: Client, images, labels, indices, batch_size: int, normalizer: Normalizer, predict=None
+) -> tuple[int, int, float]:
+    """(correct, total, summed loss) of ``client``'s model over the given samples.
+
+    ``predict(client, x)`` gives class scores (default: the model's logits).
+    """
+    predict = predict or (lambda c, x: c.logits(x))
     client.model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=images.device)
     loss = torch.zeros((), dtype=torch.float64, device=images.device)
     total = 0
     for x, y in eval_batches(images, labels, indices, batch_size, normalizer):
         with client.autocast():
-            logits = client.logits(x)
+            logits = predict(client, x)
         correct += (logits.argmax(1) == y).sum()
         loss += F.cross_entropy(logits.float(), y, reduction="sum").double()
         total += len(y)

@@ -28,6 +28,26 @@ class ModelSpec:
     fusion: str = "add"
     min_bottleneck_size: int = 2
     max_poolings: int = 4
+    feature_width: int | None = None  # a common feature width for methods that exchange features
+    projection: str = "pool"  # how backbone features reach feature_width: "pool" or "linear"
+
+
+class FeatureProjection(nn.Module):
+    """Brings any backbone's features to a common width, as heterogeneous-FL methods need.
+
+    ``pool`` is parameter-free adaptive average pooling over the feature vector (HtFLlib's
+    choice); ``linear`` is a learned local linear map.
+    """
+
+    def __init__(self, kind: str, in_dim: int, out_dim: int):
+        super().__init__()
+        if kind not in ("pool", "linear"):
+            raise ValueError(f"model.projection: {kind!r} is not allowed; allowed values: pool, linear")
+        self.kind = kind
+        self.map = nn.Linear(in_dim, out_dim) if kind == "linear" else nn.AdaptiveAvgPool1d(out_dim)
+
+    def forward(self, f: Tensor) -> Tensor:
+        return self.map(f) if self.kind == "linear" else self.map(f.unsqueeze(1)).squeeze(1)
 
 
 class ClientModel(nn.Module):
@@ -44,13 +64,21 @@ class ClientModel(nn.Module):
             self.unet = UNet(spec.in_channels, spec.unet_d, spec.input_size, spec.min_bottleneck_size, spec.max_poolings)
             self.fusion = Fusion(spec.fusion, self.unet.out_channels, feature_dim)
             feature_dim = self.fusion.out_dim
+        self.projection: FeatureProjection | None = None
+        if spec.feature_width is not None:
+            self.projection = FeatureProjection(spec.projection, feature_dim, spec.feature_width)
+            feature_dim = spec.feature_width
+        self.feature_dim = feature_dim
         self.classifier = nn.Linear(feature_dim, spec.num_classes)
 
     def features(self, x: Tensor) -> Tensor:
-        """The classifier's input: backbone features, fused with the U-Net's output if attached."""
+        """The classifier's input: backbone features, fused with the U-Net's output if attached,
+        projected to the common feature width if one is set."""
         f = self.backbone(x)
         if self.unet is not None:
             f = self.fusion(f, self.unet(x))
+        if self.projection is not None:
+            f = self.projection(f)
         return f
 
     def forward(self, x: Tensor) -> Tensor:

@@ -95,18 +95,20 @@ class Encoder:
         return raw
 
 
-def encode(
-    tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None, float_dtype: str | None = None
-) -> bytearray:
+def encode(tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None, float_dtype: str | None = None) -> bytearray:
     """Serialize ``tensors`` (any device) into a new buffer; floats cast to ``float_dtype`` if given."""
     return bytearray(Encoder().encode(tensors, metadata, float_dtype))
 
 
 @dataclass(frozen=True)
 class PayloadSpec:
-    """What a receiver expects: exact names, shapes and wire dtypes, and a size limit."""
+    """What a receiver expects: exact names, shapes and wire dtypes, and a size limit.
 
-    shapes: dict[str, tuple[int, ...]]
+    A dimension given as ``None`` accepts any length (e.g. the rank of an SVD factor);
+    the size limit still bounds the whole payload.
+    """
+
+    shapes: dict[str, tuple[int | None, ...]]
     dtypes: dict[str, str]
     max_bytes: int | None = None
     check_finite: bool = True
@@ -219,8 +221,11 @@ def _check_against_spec(entries: list[dict], metadata: dict[str, str], spec: Pay
         raise PayloadError(f"tensor names do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
     for e in entries:
         name = e["name"]
-        if tuple(e["shape"]) != tuple(spec.shapes[name]):
-            raise PayloadError(f"tensor {name!r}: shape {tuple(e['shape'])}, expected {tuple(spec.shapes[name])}")
+        want = tuple(spec.shapes[name])
+        got = tuple(e["shape"])
+        if len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want)):
+            shown = tuple("any" if w is None else w for w in want)
+            raise PayloadError(f"tensor {name!r}: shape {got}, expected {shown}".replace("'any'", "any"))
         if e["dtype"] != spec.dtypes[name]:
             raise PayloadError(f"tensor {name!r}: dtype {e['dtype']}, expected {spec.dtypes[name]}")
     extra = sorted(set(metadata) - set(spec.allow_metadata))

@@ -76,7 +76,7 @@ def test_workflow_schema_lists_every_architecture_and_method():
     assert sorted(schema["$defs"]["method"]["enum"]) == methods.available()
 
 
-@pytest.mark.parametrize("path", ["config/config.yaml", "config/quick.yaml", "config/smoke.yaml"])
+@pytest.mark.parametrize("path", ["config/config.yaml", "config/quick.yaml", "config/smoke.yaml", "config/htfl.yaml"])
 def test_shipped_studies_expand(path):
     cfg = load_yaml(open(path).read())
     cfg.setdefault("seeds", [0, 1, 2])

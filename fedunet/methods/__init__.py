@@ -35,4 +35,4 @@ def create(cfg: dict) -> Method:
 
 Factory = Callable[[dict], Method]
 
-from fedunet.methods import fedavg, fedunet, local  # noqa: E402,F401
+from fedunet.methods import fd, fedavg, fedgh, fedkd, fedproto, fedtgp, fedunet, fml, lg_fedavg, local  # noqa: E402,F401

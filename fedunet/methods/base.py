@@ -22,7 +22,7 @@ from torch import Tensor
 
 from fedunet.client import Client, cross_entropy
 from fedunet.model import select_state
-from fedunet.serialization import PayloadSpec
+from fedunet.serialization import PayloadError, PayloadSpec
 
 
 @dataclass
@@ -37,10 +37,14 @@ class Upload:
 class Method:
     name: ClassVar[str] = ""
     attach_unet: ClassVar[bool] = True  # model composition when model.unet.attach is "auto"
+    needs_projection: ClassVar[bool] = False  # features projected to model.feature_width
     communicates: ClassVar[bool] = True
+    # JSON-schema properties of the method's hyperparameters (config section methods.<name>)
+    options: ClassVar[dict] = {}
 
     def __init__(self, cfg: dict):
         self.cfg = cfg
+        self.hp: dict = cfg.get("methods", {}).get(self.name, {})  # this method's hyperparameters
 
     @classmethod
     def check_config(cls, cfg: dict) -> None:
@@ -52,6 +56,7 @@ class Method:
 
     def configure_round(self, round_: int, clients: list[Client], generator: torch.Generator) -> list[Client]:
         """Sample the participants of a round (fraction ``federated.participation``)."""
+        self.round = round_
         fraction = self.cfg["federated"]["participation"]
         if fraction >= 1.0:
             return list(clients)
@@ -62,6 +67,10 @@ class Method:
     def loss(self, client: Client, x: Tensor, y: Tensor) -> Tensor:
         return cross_entropy(client, x, y)
 
+    def predict(self, client: Client, x: Tensor) -> Tensor:
+        """Class scores used for evaluation (the local model's logits unless a method says otherwise)."""
+        return client.logits(x)
+
     def upload(self, client: Client) -> dict[str, Tensor] | None:
         """What ``client`` sends after local training (``None``: nothing)."""
         return None
@@ -69,6 +78,10 @@ class Method:
     def upload_spec(self, client: Client) -> PayloadSpec | None:
         """What the server accepts from ``client``: names, shapes, dtypes, size."""
         return None
+
+    def check_upload(self, client: Client, tensors: dict[str, Tensor]) -> None:
+        """Method-specific checks of a decoded payload (beyond names, shapes, dtypes, finiteness);
+        raise :class:`fedunet.serialization.PayloadError` to reject it."""
 
     def aggregate(self, uploads: list[Upload]) -> dict[str, Tensor] | None:
         """Server step over the accepted uploads; returns the message broadcast to the clients."""
@@ -78,11 +91,18 @@ class Method:
         """Apply the server's message to a client."""
 
     def state_dict(self) -> dict:
-        """Server state to checkpoint."""
+        """Server state (and per-client method state not held by the clients) to checkpoint."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+    def max_bytes(self, template: dict[str, Tensor]) -> int:
+        """The server's size limit for one payload: configured, or twice the expected size."""
+        limit = self.cfg["federated"]["max_payload_mb"]
+        if limit is not None:
+            return int(limit * 1e6)
+        return 2 * sum(t.numel() * t.element_size() for t in template.values()) + 1_000_000
 
 
 def weighted_mean(uploads: list[Upload]) -> dict[str, Tensor]:
@@ -98,7 +118,10 @@ def weighted_mean(uploads: list[Upload]) -> dict[str, Tensor]:
 
 
 class StateSharing(Method):
-    """Share every model tensor whose name starts with ``prefix``; FedAvg them on the server."""
+    """Share every model tensor whose name starts with ``prefix``; FedAvg them on the server.
+
+    Subclasses that share a module other than the client model override :meth:`shared`.
+    """
 
     prefix: ClassVar[str] = ""
 
@@ -116,15 +139,9 @@ class StateSharing(Method):
         # The server starts from client 0's initial values and sends them to everyone.
         self.global_state = {k: v.detach().to("cpu", copy=True) for k, v in ref.items()}
         self.spec = PayloadSpec.for_tensors(
-            self.global_state, self.cfg["federated"]["payload_dtype"], max_bytes=self._max_bytes()
+            self.global_state, self.cfg["federated"]["payload_dtype"], max_bytes=self.max_bytes(self.global_state)
         )
         return self.global_state
-
-    def _max_bytes(self) -> int:
-        limit = self.cfg["federated"]["max_payload_mb"]
-        if limit is not None:
-            return int(limit * 1e6)
-        return 2 * sum(t.numel() * t.element_size() for t in self.global_state.values()) + 1_000_000
 
     def shared(self, client: Client) -> dict[str, Tensor]:
         return select_state(client.model, self.prefix, self.cfg["federated"]["share_buffers"])
@@ -149,3 +166,101 @@ class StateSharing(Method):
 
     def load_state_dict(self, state: dict) -> None:
         self.global_state = state["global_state"]
+
+
+@torch.no_grad()
+def class_feature_means(client: Client) -> tuple[Tensor, Tensor]:
+    """Per-class mean of the model's features over the client's training samples.
+
+    Eval mode, no augmentation: the prototypes of the model as trained this round.
+    Returns ``(means C x K, counts C)``; classes the client lacks have zero rows.
+    """
+    model = client.model
+    was_training = model.training
+    model.eval()
+    sums = counts = None
+    for x, y in client.unaugmented_batches():
+        with client.autocast():
+            f = model.features(x).float()
+        if sums is None:
+            num_classes = model.classifier.out_features
+            sums = torch.zeros(num_classes, f.shape[1], device=f.device)
+            counts = torch.zeros(num_classes, dtype=torch.int64, device=f.device)
+        sums.index_add_(0, y, f)
+        counts += torch.bincount(y, minlength=sums.shape[0])
+    model.train(was_training)
+    means = sums / counts.clamp(min=1).unsqueeze(1).to(sums.dtype)
+    return means.cpu(), counts.cpu()
+
+
+def prototype_loss(features: Tensor, y: Tensor, prototypes: Tensor, present: Tensor) -> Tensor:
+    """MSE between features and the global prototype of their class (FedProto/FedTGP regularizer).
+
+    Rows of classes without a global prototype contribute nothing, as in HtFLlib.
+    """
+    target = torch.where(present[y].unsqueeze(1), prototypes[y].to(features.dtype), features.detach())
+    return torch.nn.functional.mse_loss(features, target)
+
+
+def prototype_scores(features: Tensor, prototypes: Tensor, present: Tensor) -> Tensor:
+    """Class scores from the distance to each global prototype (nearest prototype wins)."""
+    dist = torch.cdist(features.float(), prototypes.float().to(features.device)) ** 2
+    return -dist.masked_fill(~present.to(features.device).unsqueeze(0), float("inf"))
+
+
+class PrototypeMethod(Method):
+    """Shared machinery of methods that upload per-class feature prototypes (FedProto, FedGH, FedTGP).
+
+    Upload: ``protos`` (C x K, the class means of the trained model's features) and ``counts``
+    (C, samples per class; zero marks a class the client lacks).
+    """
+
+    attach_unet = False
+    needs_projection = True
+
+    def setup(self, clients: list[Client]) -> dict[str, Tensor] | None:
+        model = clients[0].model
+        self.num_classes, self.width = model.classifier.out_features, model.feature_dim
+        for c in clients:
+            c.state["protos"] = torch.zeros(self.num_classes, self.width, device=c.device)
+            c.state["present"] = torch.zeros(self.num_classes, dtype=torch.bool, device=c.device)
+        template = {
+            "protos": torch.zeros(self.num_classes, self.width),
+            "counts": torch.zeros(self.num_classes, dtype=torch.int64),
+        }
+        self.spec = PayloadSpec.for_tensors(template, self.cfg["federated"]["payload_dtype"], max_bytes=self.max_bytes(template))
+        return None
+
+    def upload_spec(self, client: Client) -> PayloadSpec:
+        return self.spec
+
+    def upload(self, client: Client) -> dict[str, Tensor]:
+        protos, counts = class_feature_means(client)
+        return {"protos": protos, "counts": counts}
+
+    def check_upload(self, client: Client, tensors: dict[str, Tensor]) -> None:
+        if bool((tensors["counts"] < 0).any()):
+            raise PayloadError("tensor 'counts' has negative entries")
+
+    def prototype_regularized_loss(self, client: Client, x: Tensor, y: Tensor) -> Tensor:
+        """CE + lamda * MSE(features, global prototype of the class)."""
+        features = client.model.features(x)
+        loss = torch.nn.functional.cross_entropy(client.model.classifier(features), y)
+        if bool(client.state["present"].any()):
+            loss = loss + self.hp["lamda"] * prototype_loss(features, y, client.state["protos"], client.state["present"])
+        return loss
+
+    def predict(self, client: Client, x: Tensor) -> Tensor:
+        if self.hp.get("inference") == "prototype" and bool(client.state["present"].any()):
+            return prototype_scores(client.model.features(x), client.state["protos"], client.state["present"])
+        return client.logits(x)
+
+
+def uploaded_prototypes(uploads: list[Upload]) -> tuple[Tensor, Tensor]:
+    """Every (prototype, class) pair the clients sent this round, as float32 tensors."""
+    protos, labels = [], []
+    for u in uploads:
+        have = u.tensors["counts"] > 0
+        protos.append(u.tensors["protos"][have].float())
+        labels.append(torch.nonzero(have).flatten())
+    return torch.cat(protos), torch.cat(labels)

@@ -1,5 +1,7 @@
 # Costs of each backbone, then every finished run aggregated into the study's tables.
 TABLE_NAMES = ["accuracy", "communication", "compute", "paper_vs_ours"]
+if "heterogeneous" in config["experiments"]:
+    TABLE_NAMES.append("methods")
 TABLES = [f"{OUT}/tables/{name}.{ext}" for name in TABLE_NAMES for ext in ("csv", "md")]
 TABLES += [f"{OUT}/tables/{name}" for name in ("runs.csv", "curves.csv", "per_architecture.csv", "provenance.json")]
 FIRST_RUN = sorted(STUDY.runs)[0]

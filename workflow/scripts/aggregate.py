@@ -324,18 +324,43 @@ def _footer(prov: dict) -> str:
     )
 
 
-def accuracy_markdown(t: pd.DataFrame, prov: dict) -> str:
-    show = t[GROUP + ["seeds", "rounds"]].copy()
+ACCURACY_NOTE = (
+    "Accuracy (%) as mean ± std over seeds (sample std). Personalized: each client on its own held-out split, "
+    "sample-weighted (HtFLlib protocol; HtFLlib reports the best round only, shown here beside the final round). "
+    "Global: each client model on the full test set, averaged over clients (NIID-Bench protocol)."
+)
+
+
+def _with_accuracy_columns(show: pd.DataFrame, t: pd.DataFrame) -> pd.DataFrame:
     for col, label in METRICS.items():
         show[label + " (%)"] = [
             "-" if math.isnan(m) else f"{100 * m:.2f} ± {100 * s:.2f}" for m, s in zip(t[f"{col}_mean"], t[f"{col}_std"])
         ]
+    return show
+
+
+def accuracy_markdown(t: pd.DataFrame, prov: dict) -> str:
+    return markdown(_with_accuracy_columns(t[GROUP + ["seeds", "rounds"]].copy(), t), "Accuracy", ACCURACY_NOTE, prov)
+
+
+def methods_table(runs: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
+    """Every method of the heterogeneous experiment: both protocols and the traffic it costs."""
+    t = acc[acc["experiment"] == "heterogeneous"].copy()
+    traffic = runs.groupby(["archset", "method", "d", "fusion", "alpha"])[["mb_up_per_client", "mb_down_per_client"]].mean()
+    t = t.join(traffic, on=["archset", "method", "d", "fusion", "alpha"])
+    return t.sort_values(["archset", "final_global_acc_mean"], ascending=[True, False]).reset_index(drop=True)
+
+
+def methods_markdown(t: pd.DataFrame, prov: dict) -> str:
+    show = t[["archset", "method", "seeds", "rounds"]].copy()
+    show = _with_accuracy_columns(show, t)
+    show["MB up / client / round"] = [f"{v:.4g}" for v in t["mb_up_per_client"]]
+    show["MB down / client / round"] = [f"{v:.4g}" for v in t["mb_down_per_client"]]
     note = (
-        "Accuracy (%) as mean ± std over seeds (sample std). Personalized: each client on its own held-out split, "
-        "sample-weighted (HtFLlib protocol; HtFLlib reports best round only). Global: each client model on the full "
-        "test set, averaged over clients (NIID-Bench protocol)."
+        "Every method in the heterogeneous experiment, sorted by final global accuracy within each set of client "
+        "architectures. " + ACCURACY_NOTE + " Traffic: lengths of the real serialized payloads (MB = 10^6 bytes)."
     )
-    return markdown(show, "Accuracy", note, prov)
+    return markdown(show, "Methods", note, prov)
 
 
 def write(df: pd.DataFrame, tables: Path, name: str, md: str | None) -> None:
@@ -360,6 +385,9 @@ def aggregate(run_table: list[dict], runs_dir: Path, tables: Path, costs_path: P
     write(per_architecture(runs, runs_dir), tables, "per_architecture", None)
     acc = accuracy_table(runs)
     write(acc, tables, "accuracy", accuracy_markdown(acc, prov))
+    if "heterogeneous" in set(runs["experiment"]):
+        meth = methods_table(runs, acc)
+        write(meth, tables, "methods", methods_markdown(meth, prov))
     comm = communication_table(runs, costs)
     write(
         comm,

@@ -50,22 +50,33 @@ def varying_axes(df: pd.DataFrame) -> list[str]:
 def curves_figure(runs: pd.DataFrame, curves: pd.DataFrame, experiment: str, figures: Path, footer: str) -> None:
     exp = runs[runs["experiment"] == experiment]
     varying = varying_axes(exp) or ["method"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
-    for _, group in exp.groupby(list(AXES), sort=True):
-        c = curves[curves["run"].isin(group["run"])]
-        stats = c.groupby("round")[[p for p, _ in PROTOCOLS]].agg(["mean", "std"])
-        name = label(group.iloc[0], varying)
-        for ax, (col, _) in zip(axes, PROTOCOLS):
-            mean, std = 100 * stats[(col, "mean")], 100 * stats[(col, "std")].fillna(0)
-            (line,) = ax.plot(stats.index, mean, marker="o", ms=3, label=name)
-            ax.fill_between(stats.index, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    # many configurations: one row of panels per architecture set, so lines stay readable
+    panels = (
+        sorted(exp["archset"].unique()) if "archset" in varying and exp[list(AXES)].drop_duplicates().shape[0] > 8 else [None]
+    )
+    if panels != [None]:
+        varying = [a for a in varying if a != "archset"]
+    fig, grid = plt.subplots(len(panels), 2, figsize=(11, 4 * len(panels)), squeeze=False)
+    colors = {}
+    for row, archset in zip(grid, panels):
+        part = exp if archset is None else exp[exp["archset"] == archset]
+        for _, group in part.groupby(list(AXES), sort=True):
+            c = curves[curves["run"].isin(group["run"])]
+            stats = c.groupby("round")[[p for p, _ in PROTOCOLS]].agg(["mean", "std"])
+            name = label(group.iloc[0], varying)
+            color = colors.setdefault(name, f"C{len(colors) % 10}")
+            style = "-" if len(colors) <= 10 else "--"
+            for ax, (col, _) in zip(row, PROTOCOLS):
+                mean, std = 100 * stats[(col, "mean")], 100 * stats[(col, "std")].fillna(0)
+                ax.plot(stats.index, mean, style, marker="o", ms=3, label=name, color=color)
+                ax.fill_between(stats.index, mean - std, mean + std, color=color, alpha=0.15)
+        for ax, (_, title) in zip(row, PROTOCOLS):
+            ax.set_title(title if archset is None else f"{title}, clients: {archset}")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            ax.set_xlabel("round")
+            ax.set_ylabel("accuracy (%)")
+        row[1].legend(fontsize=7, loc="lower right", ncol=2 if len(colors) > 6 else 1)
     seeds = exp["seed"].nunique()
-    for ax, (_, title) in zip(axes, PROTOCOLS):
-        ax.set_title(f"{title}")
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.set_xlabel("round")
-        ax.set_ylabel("accuracy (%)")
-    axes[1].legend(fontsize=8, loc="lower right")
     fig.suptitle(f"Experiment '{experiment}': accuracy vs round (mean ± std over {seeds} seeds)")
     save(fig, figures, f"curves_{experiment}", footer)
 

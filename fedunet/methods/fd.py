@@ -1,0 +1,79 @@
+"""FD, federated distillation (Jeong et al., 2018, "Communication-Efficient On-Device Machine
+Learning: Federated Distillation and Augmentation under Non-IID Private Data", arXiv 1811.11479).
+
+Clients share no weights: each uploads, per class, the mean of its model's logits over the
+round's training batches; the server averages them per class over the clients that hold the
+class; each client then trains with CE + lamda * CE(logits, softmax(global logit of the
+sample's class)).  Models may differ freely (only C-dimensional logits are exchanged).
+Sent up: C x C mean logits and C class counts; down: C x C global logits and C counts.
+Defaults: lamda = 1 (HtFLlib).
+"""
+
+import torch
+import torch.nn.functional as F
+
+from fedunet.methods import register
+from fedunet.methods.base import Method, Upload
+from fedunet.serialization import PayloadError, PayloadSpec
+
+
+@register
+class FedDistill(Method):
+    name = "fd"
+    attach_unet = False
+    options = {"lamda": {"type": "number", "minimum": 0, "default": 1.0, "description": "weight of the distillation term"}}
+
+    def setup(self, clients):
+        c0 = clients[0]
+        self.num_classes = c = c0.model.classifier.out_features
+        for client in clients:
+            dev = client.device
+            client.state.update(
+                logit_sums=torch.zeros(c, c, device=dev),
+                logit_counts=torch.zeros(c, dtype=torch.int64, device=dev),
+                global_logits=torch.zeros(c, c, device=dev),
+                present=torch.zeros(c, dtype=torch.bool, device=dev),
+            )
+        template = {"logits": torch.zeros(c, c), "counts": torch.zeros(c, dtype=torch.int64)}
+        self.spec = PayloadSpec.for_tensors(template, self.cfg["federated"]["payload_dtype"], max_bytes=self.max_bytes(template))
+        return None
+
+    def loss(self, client, x, y):
+        logits = client.logits(x)
+        loss = F.cross_entropy(logits, y)
+        st = client.state
+        st["logit_sums"].index_add_(0, y, logits.detach().float())  # for this round's upload
+        st["logit_counts"] += torch.bincount(y, minlength=self.num_classes)
+        have = st["present"][y]
+        if bool(have.any()):
+            target = F.softmax(st["global_logits"][y[have]], dim=1)
+            soft_ce = -(target * F.log_softmax(logits[have].float(), dim=1)).sum(dim=1).sum() / len(y)
+            loss = loss + self.hp["lamda"] * soft_ce
+        return loss
+
+    def upload_spec(self, client):
+        return self.spec
+
+    def upload(self, client):
+        st = client.state
+        counts = st["logit_counts"].clone()
+        means = st["logit_sums"] / counts.clamp(min=1).unsqueeze(1)
+        st["logit_sums"].zero_()
+        st["logit_counts"].zero_()
+        return {"logits": means.cpu(), "counts": counts.cpu()}
+
+    def check_upload(self, client, tensors):
+        if bool((tensors["counts"] < 0).any()):
+            raise PayloadError("tensor 'counts' has negative entries")
+
+    def aggregate(self, uploads: list[Upload]):
+        logits = torch.stack([u.tensors["logits"].float() for u in uploads])  # clients x C x C
+        have = torch.stack([u.tensors["counts"] > 0 for u in uploads]).float()  # clients x C
+        clients_per_class = have.sum(0)
+        mean = (logits * have.unsqueeze(2)).sum(0) / clients_per_class.clamp(min=1).unsqueeze(1)
+        counts = torch.stack([u.tensors["counts"] for u in uploads]).sum(0)
+        return {"logits": mean, "counts": counts}
+
+    def download(self, client, message):
+        client.state["global_logits"] = message["logits"].float().to(client.device)
+        client.state["present"] = (message["counts"] > 0).to(client.device)

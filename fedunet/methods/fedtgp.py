@@ -1,0 +1,96 @@
+"""FedTGP (Zhang et al., 2024, "FedTGP: Trainable Global Prototypes with Adaptive-Margin-Enhanced
+Contrastive Learning for Data and Model Heterogeneity in Federated Learning", AAAI).
+
+Clients upload class prototypes (as FedProto) and train with CE + lamda * MSE(feature, global
+prototype).  The server keeps trainable global prototypes, produced by a small generator
+(per-class embedding, Linear-ReLU-Linear), and trains it each round with an adaptive-margin
+contrastive loss: CE over negative Euclidean distances from each client prototype to every
+global prototype, its own class's distance increased by the margin
+min(max over classes of the gap to the nearest other class centre, margin_threshold).
+Classification by the nearest global prototype (the paper's; ``inference: head`` uses the local head).
+Sent up: C x K prototypes and C counts; down: C x K global prototypes.
+Defaults: lamda 10, 100 server epochs, margin threshold 100, server lr = optimizer.lr (HtFLlib's benchmark).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedunet.methods import register
+from fedunet.methods.base import PrototypeMethod, Upload, uploaded_prototypes
+
+
+class PrototypeGenerator(nn.Module):
+    def __init__(self, num_classes: int, width: int):
+        super().__init__()
+        self.embedding = nn.Embedding(num_classes, width)
+        self.net = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
+
+    def forward(self) -> torch.Tensor:
+        return self.net(self.embedding.weight)
+
+
+@register
+class FedTGP(PrototypeMethod):
+    name = "fedtgp"
+    options = {
+        "lamda": {"type": "number", "minimum": 0, "default": 10.0},
+        "server_epochs": {"type": "integer", "minimum": 1, "default": 100},
+        "margin_threshold": {"type": "number", "minimum": 0, "default": 100.0},
+        "inference": {"enum": ["head", "prototype"], "default": "prototype"},
+    }
+
+    def setup(self, clients):
+        super().setup(clients)
+        self.generator_net = PrototypeGenerator(self.num_classes, self.width)
+        self.shuffle = torch.Generator().manual_seed(self.cfg["seed"])
+        return None
+
+    def loss(self, client, x, y):
+        return self.prototype_regularized_loss(client, x, y)
+
+    def margin(self, protos: torch.Tensor, labels: torch.Tensor) -> float:
+        centres, present = [], []
+        for c in range(self.num_classes):
+            mine = protos[labels == c]
+            present.append(len(mine) > 0)
+            centres.append(mine.mean(0) if len(mine) else torch.zeros(self.width))
+        centres = torch.stack(centres)[torch.tensor(present)]
+        if len(centres) < 2:
+            return 0.0
+        dist = torch.cdist(centres, centres)
+        dist.fill_diagonal_(float("inf"))
+        gap = dist.min(dim=1).values  # each class's distance to its nearest other class
+        return min(float(gap.max()), self.hp["margin_threshold"])
+
+    def aggregate(self, uploads: list[Upload]):
+        protos, labels = uploaded_prototypes(uploads)
+        margin = self.margin(protos, labels)
+        net = self.generator_net
+        net.train()
+        opt = torch.optim.SGD(net.parameters(), lr=self.cfg["optimizer"]["lr"])
+        batch = self.cfg["training"]["batch_size"]
+        for _ in range(self.hp["server_epochs"]):
+            order = torch.randperm(len(labels), generator=self.shuffle)
+            for start in range(0, len(order), batch):
+                idx = order[start : start + batch]
+                dist = torch.cdist(protos[idx], net())
+                dist = dist + margin * F.one_hot(labels[idx], self.num_classes)
+                loss = F.cross_entropy(-dist, labels[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        net.eval()
+        with torch.no_grad():
+            return {"protos": net().detach().clone()}
+
+    def download(self, client, message):
+        client.state["protos"] = message["protos"].float().to(client.device)
+        client.state["present"] = torch.ones(self.num_classes, dtype=torch.bool, device=client.device)
+
+    def state_dict(self):
+        return {"generator_net": self.generator_net.state_dict(), "shuffle": self.shuffle.get_state()}
+
+    def load_state_dict(self, state):
+        self.generator_net.load_state_dict(state["generator_net"])
+        self.shuffle.set_state(state["shuffle"])
