@@ -2,13 +2,13 @@
 
 import pytest
 import torch
+from test_federated import read_metrics
 
 from fedunet import serialization
 from fedunet.federated import Simulation, train
 from fedunet.methods.base import Upload
 from fedunet.methods.fedkd import svd_compress
 from fedunet.methods.fedtgp import FedTGP
-from test_federated import read_metrics
 
 BASELINES = ["lg-fedavg", "fd", "fml", "fedkd", "fedproto", "fedgh", "fedtgp"]
 C, K = 3, 512  # the tiny config's classes and the default common feature width
