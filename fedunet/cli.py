@@ -14,7 +14,7 @@ import yaml
 
 from fedunet import config as configuration
 
-EXIT_CONFIG, EXIT_DATA, EXIT_RUN = 2, 3, 4
+EXIT_CONFIG, EXIT_DATA, EXIT_RUN, EXIT_IO = 2, 3, 4, 5
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -83,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             return _partition(cfg, args)
         if args.quiet:
             cfg["runtime"]["progress"] = False
+        from fedunet import faults
         from fedunet.federated import train
 
+        faults.check_injected_failure(cfg["name"])
         summary = train(cfg, args.out, resume=args.resume, restart_stale=args.restart_stale)
         final = summary["final"]
         print(
@@ -98,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     except Exception as e:  # known failure kinds get a message, not a traceback
         from fedunet.data import DatasetUnavailable
+        from fedunet.faults import InjectedFault
         from fedunet.federated import RunError
         from fedunet.partition import PartitionError
 
@@ -107,9 +110,15 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, PartitionError):
             print(f"fedunet: invalid configuration: {e}", file=sys.stderr)
             return EXIT_CONFIG
-        if isinstance(e, RunError):
+        if isinstance(e, (RunError, InjectedFault)):
             print(f"fedunet: {e}", file=sys.stderr)
             return EXIT_RUN
+        if isinstance(e, OSError):  # disk full, read-only or missing output directory
+            where = f" on {e.filename}" if e.filename else ""
+            print(
+                f"fedunet: I/O error{where}: {e.strerror or e} (results are written atomically: no partial file)", file=sys.stderr
+            )
+            return EXIT_IO
         raise
 
 

@@ -236,7 +236,7 @@ class Simulation:
             for c in self.clients
         }
         uploads: list[tuple[Client, bytes | bytearray]] = []
-        loss_sum, loss_n = 0.0, 0
+        loss_sum, loss_n, diverged = 0.0, 0, 0
         for c in participants:
             for group in c.optimizer.param_groups:
                 group["lr"] = lr
@@ -251,6 +251,7 @@ class Simulation:
                 loss_sum += stats.loss * stats.samples
                 loss_n += stats.samples
             else:
+                diverged += 1
                 self._event(r, c, "diverged", f"local training loss is {stats.loss}")
             payload = self.method.upload(c)
             if payload is not None:
@@ -284,6 +285,7 @@ class Simulation:
         row = {
             "round": r,
             "participants": len(participants),
+            "diverged": diverged,
             "rejected": len(uploads) - len(accepted),
             "lr": lr,
             "train_loss": loss_sum / loss_n if loss_n else float("nan"),
@@ -497,6 +499,8 @@ class Simulation:
             return self._run(started, resume, stop_after, restart_stale)
 
     def _run(self, started: str, resume: bool, stop_after: int | None, restart_stale: bool) -> dict | None:
+        for torn in self.out.glob(".*.tmp"):  # temporary files of a process killed mid-write
+            torn.unlink()
         summary_path = self.out / "summary.json"
         if checkpoint.exists(self.out) and not resume:
             raise RunError(

@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fedunet import faults
+
 
 def atomic_write_bytes(path: str | Path, data: bytes | bytearray | memoryview) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
@@ -19,6 +21,7 @@ def atomic_write_bytes(path: str | Path, data: bytes | bytearray | memoryview) -
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        faults.write_delay()
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import yaml
-from conftest import tiny_raw
+from helpers import tiny_raw
 
 
 def fedunet(*args, cwd=None):

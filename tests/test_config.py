@@ -1,5 +1,5 @@
 import pytest
-from conftest import tiny_raw
+from helpers import tiny_raw
 
 from fedunet import config
 from fedunet.config import ConfigError

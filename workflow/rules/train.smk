@@ -36,3 +36,4 @@ rule train:
     shell:
         "{PYTHON} -m fedunet train --config {input.config} --out $(dirname {output.summary}) --resume --restart-stale"
         " --set partition.file={input.partition} --set runtime.threads={threads} > {log} 2>&1"
+        " || {{ echo 'fedunet train failed; last lines of {log}:' >&2; tail -n 5 {log} >&2; exit 1; }}"
