@@ -415,6 +415,8 @@ class Simulation:
             "seed": cfg["seed"],
             "dataset": cfg["dataset"]["name"],
             "architectures": [c.architecture for c in self.clients],
+            # what each client trains: the U-Net beside the backbone, and extra models of the method
+            "model": {"unet": self.clients[0].model.unet is not None, "aux_models": sorted(self.clients[0].aux)},
             "rounds": cfg["federated"]["rounds"],
             "final": {k: v for k, v in final.items() if k not in metrics.TIMING_COLUMNS},
             "best": best,

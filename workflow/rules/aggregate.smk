@@ -50,7 +50,7 @@ rule aggregate:
         runs=STUDY.run_table(),
         runs_dir=f"{OUT}/runs",
         tables=f"{OUT}/tables",
-        study={"name": STUDY.name, "config_files": CONFIG_FILES},
+        study={"name": STUDY.name, "config_files": CONFIG_FILES, "defaults": config["defaults"]},
     log:
         f"{OUT}/logs/aggregate.log",
     script:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedunet.study import alpha_label
+
 # The paper's claims (Seo, Lee, Park 2025, abstract): not ours, quoted for comparison.
 PAPER_CLAIMS = [
     {"claim": "accuracy, heterogeneous VGGs, standard module", "paper": 93.11, "unit": "%", "kind": "accuracy", "d": 1024},
@@ -107,14 +109,17 @@ def client_throughput(run_table: list[dict], runs_dir: Path) -> pd.DataFrame:
         c = pd.read_csv(runs_dir / entry["run"] / "clients.csv")
         if "time_train_s" not in c:
             continue
+        model = json.loads((runs_dir / entry["run"] / "summary.json").read_text())["model"]
+        # "unet": backbone + U-Net; "plain": the backbone alone; runs training extra models are left out
+        kind = "unet" if model["unet"] else ("plain" if not model["aux_models"] else None)
+        if kind is None:
+            continue
         c = c[c["participated"].astype(str) == "True"]
-        frames.append(
-            c.assign(method=entry["method"], d=entry["d"])[["architecture", "method", "d", "train_samples", "time_train_s"]]
-        )
+        frames.append(c.assign(kind=kind, d=entry["d"])[["architecture", "kind", "d", "train_samples", "time_train_s"]])
     if not frames:
-        return pd.DataFrame(columns=["architecture", "method", "d", "images_per_s", "client_round_s"])
+        return pd.DataFrame(columns=["architecture", "kind", "d", "samples", "seconds", "images_per_s", "client_round_s"])
     c = pd.concat(frames)
-    g = c.groupby(["architecture", "method", "d"])
+    g = c.groupby(["architecture", "kind", "d"])
     return (
         g.agg(samples=("train_samples", "sum"), seconds=("time_train_s", "sum"), client_round_s=("time_train_s", "mean"))
         .assign(images_per_s=lambda t: t["samples"] / t["seconds"])
@@ -178,8 +183,8 @@ def compute_table(costs: dict, throughput: pd.DataFrame) -> pd.DataFrame:
             "microbench_device": measured if "images_per_s" in b else "",
         }
         mine = throughput[throughput["architecture"] == arch]
-        with_unet = mine[(mine["method"] != "fedavg") & (mine["d"] == costs["d"])]
-        plain = mine[mine["method"] == "fedavg"]
+        with_unet = mine[(mine["kind"] == "unet") & (mine["d"] == costs["d"])]
+        plain = mine[mine["kind"] == "plain"]
         row["run_images_per_s_with_unet"] = _weighted_rate(with_unet)
         row["run_client_round_s_with_unet"] = with_unet["client_round_s"].mean() if len(with_unet) else math.nan
         row["run_images_per_s_plain"] = _weighted_rate(plain)
@@ -192,10 +197,18 @@ def _weighted_rate(t: pd.DataFrame) -> float:
     return float(t["samples"].sum() / t["seconds"].sum()) if len(t) and t["seconds"].sum() > 0 else math.nan
 
 
-def paper_vs_ours(runs: pd.DataFrame, costs: dict, command: str) -> pd.DataFrame:
+def paper_vs_ours(runs: pd.DataFrame, costs: dict, command: str, defaults: dict) -> pd.DataFrame:
+    """The paper's claims next to ours: accuracy of FedUNet on VGG11/13/16/19 at the study's
+    default fusion and alpha (one configuration, mean over seeds), bytes from exact arithmetic."""
     unets = {u["d"]: u for u in costs["unets"]}
     rows = []
-    hetero = runs[(runs["method"] == "fedunet") & runs["architectures"].str.fullmatch("vgg11 vgg13 vgg16 vgg19")]
+    alpha = alpha_label(defaults["alpha"][0])
+    hetero = runs[
+        (runs["method"] == "fedunet")
+        & runs["architectures"].str.fullmatch("vgg11 vgg13 vgg16 vgg19")
+        & (runs["fusion"] == defaults["fusion"][0])
+        & (runs["alpha"] == alpha)
+    ]
     for claim in PAPER_CLAIMS:
         base = {"claim": claim["claim"], "paper": claim["paper"], "unit": claim["unit"]}
         if claim["kind"] == "accuracy":
@@ -222,7 +235,7 @@ def paper_vs_ours(runs: pd.DataFrame, costs: dict, command: str) -> pd.DataFrame
                         **base,
                         "ours": 100 * subset[col].mean(),
                         "ours_std": 100 * subset[col].std(ddof=1) if len(subset) > 1 else 0.0,
-                        "protocol": f"{protocol}, mean over {len(subset)} runs (seeds x alpha/fusion)",
+                        "protocol": f"{protocol}, mean ± std over {len(subset)} seeds, {defaults['fusion'][0]} fusion, {alpha}",
                         "dataset": subset["dataset"].iloc[0],
                         "source": f"runs/{subset['archset'].iloc[0]}/fedunet/d{claim['d']}-*",
                         "command": command,
@@ -415,7 +428,7 @@ def aggregate(run_table: list[dict], runs_dir: Path, tables: Path, costs_path: P
             prov,
         ),
     )
-    pvo = paper_vs_ours(runs, costs, command)
+    pvo = paper_vs_ours(runs, costs, command, study["defaults"])
     write(
         pvo,
         tables,
