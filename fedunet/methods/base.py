@@ -264,3 +264,18 @@ def uploaded_prototypes(uploads: list[Upload]) -> tuple[Tensor, Tensor]:
         protos.append(u.tensors["protos"][have].float())
         labels.append(torch.nonzero(have).flatten())
     return torch.cat(protos), torch.cat(labels)
+
+
+def train_on_prototypes(
+    parameters, loss_fn, protos: Tensor, labels: Tensor, lr: float, epochs: int, batch_size: int, generator: torch.Generator
+) -> None:
+    """Server-side plain SGD over the round's (prototype, class) pairs (FedGH's header, FedTGP's generator)."""
+    opt = torch.optim.SGD(parameters, lr=lr)
+    for _ in range(epochs):
+        order = torch.randperm(len(labels), generator=generator)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            loss = loss_fn(protos[idx], labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedunet.methods import register
-from fedunet.methods.base import PrototypeMethod, Upload, uploaded_prototypes
+from fedunet.methods.base import PrototypeMethod, Upload, train_on_prototypes, uploaded_prototypes
 
 
 @register
@@ -38,16 +38,16 @@ class FedGH(PrototypeMethod):
 
     def aggregate(self, uploads: list[Upload]):
         protos, labels = uploaded_prototypes(uploads)
-        opt = torch.optim.SGD(self.header.parameters(), lr=self.hp["server_lr"])
-        batch = self.cfg["training"]["batch_size"]
-        for _ in range(self.hp["server_epochs"]):
-            order = torch.randperm(len(labels), generator=self.generator)
-            for start in range(0, len(order), batch):
-                idx = order[start : start + batch]
-                loss = F.cross_entropy(self.header(protos[idx]), labels[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+        train_on_prototypes(
+            self.header.parameters(),
+            lambda p, y: F.cross_entropy(self.header(p), y),
+            protos,
+            labels,
+            self.hp["server_lr"],
+            self.hp["server_epochs"],
+            self.cfg["training"]["batch_size"],
+            self.generator,
+        )
         return self.message()
 
     def download(self, client, message):

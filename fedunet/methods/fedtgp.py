@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedunet.methods import register
-from fedunet.methods.base import PrototypeMethod, Upload, uploaded_prototypes
+from fedunet.methods.base import PrototypeMethod, Upload, train_on_prototypes, uploaded_prototypes
 
 
 class PrototypeGenerator(nn.Module):
@@ -68,18 +68,21 @@ class FedTGP(PrototypeMethod):
         margin = self.margin(protos, labels)
         net = self.generator_net
         net.train()
-        opt = torch.optim.SGD(net.parameters(), lr=self.cfg["optimizer"]["lr"])
-        batch = self.cfg["training"]["batch_size"]
-        for _ in range(self.hp["server_epochs"]):
-            order = torch.randperm(len(labels), generator=self.shuffle)
-            for start in range(0, len(order), batch):
-                idx = order[start : start + batch]
-                dist = torch.cdist(protos[idx], net())
-                dist = dist + margin * F.one_hot(labels[idx], self.num_classes)
-                loss = F.cross_entropy(-dist, labels[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+
+        def contrastive(p, y):  # the true class's distance is lengthened by the margin
+            dist = torch.cdist(p, net()) + margin * F.one_hot(y, self.num_classes)
+            return F.cross_entropy(-dist, y)
+
+        train_on_prototypes(
+            net.parameters(),
+            contrastive,
+            protos,
+            labels,
+            self.cfg["optimizer"]["lr"],
+            self.hp["server_epochs"],
+            self.cfg["training"]["batch_size"],
+            self.shuffle,
+        )
         net.eval()
         with torch.no_grad():
             return {"protos": net().detach().clone()}
