@@ -1,7 +1,7 @@
 # fedunet-bench: the FedUNet study as a grid of training jobs, aggregated into tables and figures.
 #
 #   snakemake --cores all                                   # the paper study (config/config.yaml)
-#   snakemake --cores all --configfile config/quick.yaml    # Fashion-MNIST, ~20 min on 2 CPU cores
+#   snakemake --cores all --configfile config/quick.yaml    # Fashion-MNIST, ~25 min on 2 CPU cores
 #   snakemake --profile workflow/profiles/slurm             # the same grid on a SLURM cluster
 #   snakemake --report results/<study>/report.html          # HTML report of a finished study
 from snakemake.utils import min_version, validate

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything, then run the small real study: Fashion-MNIST, the paper's experiments
-# scaled down (config/quick.yaml), about 20 minutes on 2 CPU cores. Extra arguments go to
+# scaled down (config/quick.yaml), about 25 minutes on 2 CPU cores. Extra arguments go to
 # snakemake (e.g. --configfile config/smoke.yaml for the one-minute synthetic study).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
