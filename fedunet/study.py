@@ -146,14 +146,34 @@ class Study:
         return deep_merge(self.cfg.get("base", {}), point)
 
     def partition_config(self, label: str) -> dict:
-        """Config for the partition shared by every run with this alpha and seed."""
+        """What the partition shared by every run with this alpha and seed depends on, and nothing else
+        (so that changing, say, the learning rate does not remake partitions)."""
         alpha_part, seed = label.rsplit("-s", 1)
         key = next(k for k in self.runs if k.alpha == alpha_part and k.seed == int(seed))
-        return self.run_config(key)
+        full = self.run_config(key)
+        return {
+            "name": f"{self.name}/partitions/{label}",
+            "seed": full["seed"],
+            **{k: full[k] for k in ("dataset", "partition") if k in full},
+        }
+
+    def partition_file(self, key: RunKey) -> str:
+        """Name of the partition file a run uses: alpha, seed, and a digest of every setting the
+        partition depends on, so that a change of those settings makes a new file (and reruns
+        the runs that use it) instead of silently reusing the old one."""
+        return f"{key.partition}-{self.partition_digest(key.partition)}"
+
+    def partition_digest(self, label: str) -> str:
+        import hashlib
+        import json
+
+        cfg = self.partition_config(label)
+        cfg.pop("name")
+        return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:8]
 
     @property
     def partitions(self) -> list[str]:
-        return sorted({k.partition for k in self.runs})
+        return sorted({self.partition_file(k) for k in self.runs})
 
     def experiments_of(self, key: RunKey) -> list[str]:
         return self.runs[key]

@@ -61,13 +61,22 @@ def test_runs_are_checked_against_the_run_schema_before_any_job():
 
 def test_figure_names_follow_the_experiments():
     s = Study(study_cfg(bottleneck={"d": [16, 32]}, homogeneous={"architectures": ["cnn"]}))
-    assert s.figure_names() == [
-        "curves_bottleneck",
-        "curves_homogeneous",
-        "bottleneck_tradeoff",
-        "partition_a0.5-s0",
-        "partition_a0.5-s1",
-    ]
+    names = s.figure_names()
+    assert names[:3] == ["curves_bottleneck", "curves_homogeneous", "bottleneck_tradeoff"]
+    assert [n.rsplit("-", 1)[0] for n in names[3:]] == ["partition_a0.5-s0", "partition_a0.5-s1"]
+
+
+def test_partition_files_are_named_by_their_settings():
+    s = Study(study_cfg(noniid={"alpha": [0.1]}))
+    key = RunKey("hetero", "fedunet", 32, "add", "a0.1", 0)
+    name = s.partition_file(key)
+    assert name.startswith("a0.1-s0-") and len(name.split("-")[-1]) == 8
+    other = study_cfg(noniid={"alpha": [0.1]})
+    other["base"]["partition"]["min_samples"] = 21
+    assert Study(other).partition_file(key) != name  # other settings, other file
+    lr = study_cfg(noniid={"alpha": [0.1]})
+    lr["base"]["optimizer"] = {"lr": 0.5}
+    assert Study(lr).partition_file(key) == name  # training settings do not touch partitions
 
 
 def test_workflow_schema_lists_every_architecture_and_method():

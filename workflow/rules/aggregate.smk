@@ -12,7 +12,6 @@ CONFIG_FILES = [os.path.relpath(p) for p in workflow.overwrite_configfiles] or [
 
 rule costs:
     input:
-        config=ancient(f"{OUT}/runs/{FIRST_RUN.path}/run.yaml"),
         # after training, so that the throughput measurement has the machine to itself
         runs=[ancient(s) for s in SUMMARIES],
     output:
@@ -32,7 +31,7 @@ rule costs:
         **(GPU if config["compute"]["device"].startswith("cuda") else {}),
         **SLURM,
     shell:
-        "{PYTHON} -m fedunet info --config {input.config} --d {params.d} --architectures {params.archs} --sizes {params.sizes}"
+        "{PYTHON} -m fedunet info --config {OUT}/runs/{FIRST_RUN.path}/run.yaml --d {params.d} --architectures {params.archs} --sizes {params.sizes}"
         " {params.measure} --device {params.device} --threads {threads} --json {output} > {log} 2>&1"
 
 

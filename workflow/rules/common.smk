@@ -22,6 +22,7 @@ wildcard_constraints:
     fusion="add|concat",
     alpha=r"iid|a[0-9.e+-]+",
     seed=r"\d+",
+    digest=r"[0-9a-f]{8}",
 
 
 def run_dir(key):
@@ -33,12 +34,21 @@ SUMMARIES = [f"{d}/summary.json" for d in RUN_DIRS]
 PARTITION_COUNTS = [f"{OUT}/partitions/{p}.counts.csv" for p in STUDY.partitions]
 
 
-def write_yaml(path, obj):
+def partition_of(wildcards):
+    return f"{OUT}/partitions/{STUDY.partition_file(key_of(wildcards))}.bin"
+
+
+def partition_config_checked(wildcards):
+    label = f"{wildcards.alpha}-s{wildcards.seed}"
+    if STUDY.partition_digest(label) != wildcards.digest:
+        raise WorkflowError(f"partition {label}-{wildcards.digest} does not match the current settings")
+    return STUDY.partition_config(label)
+
+
+def as_yaml(obj):
     import yaml
 
-    from fedunet.io import atomic_write_text
-
-    atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
+    return yaml.safe_dump(obj, sort_keys=False)
 
 
 def key_of(wildcards):

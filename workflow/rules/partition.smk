@@ -1,32 +1,23 @@
-# One client partition per (alpha, seed), shared by every run that needs it.
-
-
-localrules:
-    partition_config,
-
-
-rule partition_config:
-    output:
-        f"{OUT}/partitions/{{alpha}}-s{{seed}}.yaml",
-    params:
-        config=lambda w: STUDY.partition_config(f"{w.alpha}-s{w.seed}"),
-    run:
-        write_yaml(output[0], params.config)
+# One client partition per (alpha, seed, settings digest), shared by every run that needs it.
+# The digest of its settings is part of the name: changed settings make a new file, and the runs
+# using it are rerun; file times never matter (git sets them arbitrarily on checkout).
 
 
 rule partition:
-    input:
-        config=ancient(f"{OUT}/partitions/{{alpha}}-s{{seed}}.yaml"),
     output:
-        partition=f"{OUT}/partitions/{{alpha}}-s{{seed}}.bin",
-        counts=f"{OUT}/partitions/{{alpha}}-s{{seed}}.counts.csv",
+        partition=f"{OUT}/partitions/{{alpha}}-s{{seed}}-{{digest}}.bin",
+        counts=f"{OUT}/partitions/{{alpha}}-s{{seed}}-{{digest}}.counts.csv",
+    params:
+        config=lambda w: as_yaml(partition_config_checked(w)),
+        config_file=f"{OUT}/partitions/{{alpha}}-s{{seed}}-{{digest}}.yaml",
     log:
-        f"{OUT}/logs/partition/{{alpha}}-s{{seed}}.log",
+        f"{OUT}/logs/partition/{{alpha}}-s{{seed}}-{{digest}}.log",
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
         **SLURM,
     shell:
-        "{PYTHON} -m fedunet partition --config {input.config} --out {output.partition} --counts {output.counts}"
+        "echo {params.config:q} > {params.config_file} && "
+        "{PYTHON} -m fedunet partition --config {params.config_file} --out {output.partition} --counts {output.counts}"
         " > {log} 2>&1"

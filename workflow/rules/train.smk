@@ -1,30 +1,22 @@
-# One federated training run per grid point, through the fedunet CLI.  A killed job
-# resumes from its last checkpoint when rerun; a job whose config changed starts over.
-
-
-localrules:
-    run_config,
-
-
-rule run_config:
-    output:
-        f"{OUT}/runs/{RUN}/run.yaml",
-    params:
-        config=lambda w: STUDY.run_config(key_of(w)),
-    run:
-        write_yaml(output[0], params.config)
+# One federated training run per grid point, through the fedunet CLI.  The run's whole config is
+# a param: changing it reruns the job (the CLI then discards the stale checkpoint), while file
+# times never do, so a fresh clone does not retrain committed runs.  A killed job resumes from
+# its last checkpoint when rerun.
 
 
 rule train:
     input:
-        # ancient: a fresh clone (where git sets every file time) must not retrain committed runs
-        config=ancient(f"{OUT}/runs/{RUN}/run.yaml"),
-        partition=ancient(f"{OUT}/partitions/{{alpha}}-s{{seed}}.bin"),
+        # ancient: git sets file times in arbitrary order on checkout; a partition with other
+        # settings has another name (see partition.smk), so nothing stale is ever reused
+        partition=lambda w: ancient(partition_of(w)),
     output:
         # Only the summary, written atomically after everything else: an interrupted job leaves
         # no declared output behind, so rerunning the same command simply resumes it.
-        # metrics.csv and clients.csv (written every round) sit beside it.
+        # run.yaml, metrics.csv and clients.csv (written every round) sit beside it.
         summary=f"{OUT}/runs/{RUN}/summary.json",
+    params:
+        config=lambda w: as_yaml(STUDY.run_config(key_of(w))),
+        run_dir=lambda w: f"{OUT}/runs/{key_of(w).path}",
     log:
         f"{OUT}/logs/train/{RUN}.log",
     threads: TRAIN["threads"]
@@ -34,6 +26,7 @@ rule train:
         **GPU,
         **SLURM,
     shell:
-        "{PYTHON} -m fedunet train --config {input.config} --out $(dirname {output.summary}) --resume --restart-stale"
+        "mkdir -p {params.run_dir} && echo {params.config:q} > {params.run_dir}/run.yaml && "
+        "{PYTHON} -m fedunet train --config {params.run_dir}/run.yaml --out {params.run_dir} --resume --restart-stale"
         " --set partition.file={input.partition} --set runtime.threads={threads} > {log} 2>&1"
         " || {{ echo 'fedunet train failed; last lines of {log}:' >&2; tail -n 5 {log} >&2; exit 1; }}"

@@ -11,6 +11,7 @@ Run as a Snakemake script, or import :func:`make_figures` from tests.
 """
 
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -187,8 +188,9 @@ def partition_figure(counts_csv: Path, figures: Path, footer: str) -> None:
     ax.set_ylabel("client")
     ax.grid(False)
     fig.colorbar(im, ax=ax, label="samples (train + held-out)")
-    alpha = "IID" if name.startswith("iid") else f"Dirichlet α={name.split('-s')[0][1:]}"
-    ax.set_title(f"Class distribution: {alpha}, seed {name.split('-s')[-1]}")
+    m = re.match(r"(?P<alpha>iid|a[0-9.e+-]+)-s(?P<seed>\d+)", name)
+    alpha = "IID" if m["alpha"] == "iid" else f"Dirichlet α={m['alpha'][1:]}"
+    ax.set_title(f"Class distribution: {alpha}, seed {m['seed']}")
     save(fig, figures, f"partition_{name}", footer)
 
 
