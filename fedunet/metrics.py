@@ -108,7 +108,11 @@ def best_round(rows: list[dict], key: str) -> dict | None:
 
 
 def git_state() -> dict:
-    """Commit and dirty flag of the checkout that holds this package (or of the cwd)."""
+    """Commit and dirty flag of the checkout that holds this package (or of the cwd).
+
+    ``dirty`` means tracked code or configuration differs from the commit; result files
+    (``results/``, ``runs/``), which a study rewrites as it goes, do not count.
+    """
     here = Path(__file__).resolve().parent
     out = {"commit": None, "dirty": None}
     for cwd in (here, Path.cwd()):
@@ -117,7 +121,20 @@ def git_state() -> dict:
                 ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
             ).stdout.strip()
             status = subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=10
+                [
+                    "git",
+                    "status",
+                    "--porcelain",
+                    "--untracked-files=no",
+                    "--",
+                    ":/",
+                    ":(top,exclude)results",
+                    ":(top,exclude)runs",
+                ],
+                cwd=cwd,
+                capture_output=True,
+                text=True,
+                timeout=10,
             ).stdout
             return {"commit": commit, "dirty": bool(status.strip())}
         except (OSError, subprocess.SubprocessError):

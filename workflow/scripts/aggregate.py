@@ -323,7 +323,9 @@ def _cell(v, percent: bool) -> str:
     if isinstance(v, float):
         if math.isnan(v):
             return "-"
-        return f"{100 * v:.2f}" if percent else f"{v:.4g}"
+        if percent:
+            return f"{100 * v:.2f}"
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
     return str(v)
 
 
@@ -429,6 +431,7 @@ def aggregate(run_table: list[dict], runs_dir: Path, tables: Path, costs_path: P
         ),
     )
     pvo = paper_vs_ours(runs, costs, command, study["defaults"])
+    pvo = pvo[["claim", "paper", "ours", "ours_std", "unit", "protocol", "dataset", "source", "command"]]
     write(
         pvo,
         tables,

@@ -57,7 +57,7 @@ def curves_figure(runs: pd.DataFrame, curves: pd.DataFrame, experiment: str, fig
     )
     if panels != [None]:
         varying = [a for a in varying if a != "archset"]
-    fig, grid = plt.subplots(len(panels), 2, figsize=(11, 4 * len(panels)), squeeze=False)
+    fig, grid = plt.subplots(len(panels), 2, figsize=(11, 4 * len(panels)), squeeze=False, constrained_layout=True)
     colors = {}
     for row, archset in zip(grid, panels):
         part = exp if archset is None else exp[exp["archset"] == archset]
