@@ -79,8 +79,16 @@ def evaluate_goals(benchmarks) -> list[dict]:
     return results
 
 
+# Goals that are not timings (e.g. equal accuracy), recorded by the tests that measure them.
+CHECKS: list[dict] = []
+
+
+def record_check(goal: str, case: str, value: float, limit: float, met: bool) -> None:
+    CHECKS.append({"goal": goal, "case": case, "ratio": value, "minimum": limit, "met": met, "slow": "", "fast": ""})
+
+
 def pytest_benchmark_update_json(config, benchmarks, output_json):
-    output_json["goals"] = evaluate_goals(benchmarks)
+    output_json["goals"] = evaluate_goals(benchmarks) + CHECKS
     output_json["bench_size"] = config.getoption("--bench-size")
 
 
@@ -89,12 +97,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if session is None or session.disabled or not session.benchmarks:
         return
     terminalreporter.section("goals (ratios measured side by side in this run)")
-    for r in evaluate_goals(session.benchmarks):
+    for r in evaluate_goals(session.benchmarks) + CHECKS:
         if r["ratio"] is None:
             terminalreporter.write_line(f"  not measured  {r['goal']}")
             continue
         verdict = "MET   " if r["met"] else "MISSED"
-        terminalreporter.write_line(f"  {verdict} {r['ratio']:8.2f} (>= {r['minimum']})  {r['goal']}  [{r['case']}]")
+        bound = "<=" if "points apart" in r["goal"] else ">="
+        terminalreporter.write_line(f"  {verdict} {r['ratio']:8.2f} ({bound} {r['minimum']})  {r['goal']}  [{r['case']}]")
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -45,7 +45,8 @@ def render(paths: list[Path]) -> str:
         for g in data.get("goals", []):
             ratio = "-" if g["ratio"] is None else f"{g['ratio']:.2f}"
             verdict = "not measured" if g["met"] is None else ("met" if g["met"] else "**missed**")
-            lines.append(f"| {g['goal']} | {g['case']} | {ratio} | >= {g['minimum']} | {verdict} |")
+            bound = f"<= {g['minimum']}" if "points apart" in g["goal"] else f">= {g['minimum']}"
+            lines.append(f"| {g['goal']} | {g['case']} | {ratio} | {bound} | {verdict} |")
         lines += ["", "| group | case | implementation | median | throughput |", "|---|---|---|---|---|"]
         for b in sorted(
             data["benchmarks"], key=lambda b: (b["group"] or "", b["extra_info"].get("case", ""), b["stats"]["median"])

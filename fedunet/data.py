@@ -300,6 +300,10 @@ class Augmentation:
     flip: bool = True
 
 
+def pad_images(images: Tensor, padding: int) -> Tensor:
+    return F.pad(images, (padding,) * 4)
+
+
 def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
     """Batched random crop after zero padding; returns a channels_last-strided batch."""
     if padding <= 0:
@@ -317,6 +321,23 @@ def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
 def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
     flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
     return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def gather_augmented(padded: Tensor, idx: Tensor, padding: int, flip: bool, generator: torch.Generator) -> Tensor:
+    """Gather a batch from a dataset padded once up front, random-cropped and flipped, in one
+    indexing operation (what ``random_flip(random_crop(images[idx]))`` computes, with the same
+    random draws, at a fraction of the memory traffic). Returns a channels_last-strided batch."""
+    b, dev = len(idx), padded.device
+    h, w = padded.shape[-2] - 2 * padding, padded.shape[-1] - 2 * padding
+    rows = torch.arange(h, device=dev).expand(b, h)
+    cols = torch.arange(w, device=dev).expand(b, w)
+    if padding > 0:
+        rows = rows + torch.randint(0, 2 * padding + 1, (b, 1), generator=generator, device=dev)
+        cols = cols + torch.randint(0, 2 * padding + 1, (b, 1), generator=generator, device=dev)
+    if flip:
+        flipped = torch.rand(b, generator=generator, device=dev) < 0.5
+        cols = torch.where(flipped[:, None], cols.flip(1), cols)
+    return padded[idx[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
 class Normalizer:
@@ -351,6 +372,7 @@ class ClientLoader:
         generator: torch.Generator,
         normalizer: Normalizer,
         augmentation: Augmentation | None,
+        padded_images: Tensor | None = None,
     ):
         self.images, self.labels = images, labels
         self.indices = indices.to(images.device)
@@ -358,6 +380,10 @@ class ClientLoader:
         self.generator = generator
         self.normalize = normalizer
         self.augmentation = augmentation
+        # the dataset zero-padded once, shared by all clients (made here if not given)
+        self.padded = padded_images
+        if augmentation is not None and augmentation.crop_padding > 0 and padded_images is None:
+            self.padded = pad_images(images, augmentation.crop_padding)
 
     def __len__(self) -> int:
         n, b = len(self.indices), self.batch_size
@@ -369,11 +395,12 @@ class ClientLoader:
             idx = order[start : start + self.batch_size]
             if len(idx) < 2:
                 break
-            x = self.images[idx]
-            if self.augmentation is not None:
-                x = random_crop(x, self.augmentation.crop_padding, self.generator)
-                if self.augmentation.flip:
-                    x = random_flip(x, self.generator)
+            aug = self.augmentation
+            if aug is None:
+                x = self.images[idx]
+            else:
+                source = self.padded if aug.crop_padding > 0 else self.images
+                x = gather_augmented(source, idx, aug.crop_padding, aug.flip, self.generator)
             yield self.normalize(x), self.labels[idx]
 
 

@@ -26,7 +26,7 @@ import yaml
 
 from fedunet import checkpoint, methods, metrics, serialization
 from fedunet.client import Client, learning_rate, make_optimizer
-from fedunet.data import Augmentation, ClientLoader, ImageDataset, Normalizer, load_dataset
+from fedunet.data import Augmentation, ClientLoader, ImageDataset, Normalizer, load_dataset, pad_images
 from fedunet.io import atomic_write_json, atomic_write_text
 from fedunet.methods.base import Method, Upload
 from fedunet.model import ClientModel, ModelSpec, count_parameters, state_nbytes
@@ -161,6 +161,7 @@ class Simulation:
         self.data = cpu_data.to(dev)
         self.normalizer = Normalizer(mean, std, dev, self.rt.channels_last)
         aug = Augmentation(cfg["training"]["crop_padding"], cfg["training"]["flip"])
+        padded = pad_images(self.data.train_images, aug.crop_padding) if aug.crop_padding > 0 else None
         self.clients: list[Client] = []
         for i, spec in enumerate(model_specs(cfg, self.data)):
             torch.manual_seed(derive_seed(cfg["seed"], "model", i))
@@ -177,6 +178,7 @@ class Simulation:
                 gen,
                 self.normalizer,
                 aug,
+                padded,
             )
             client = Client(
                 index=i,
@@ -541,6 +543,8 @@ class Simulation:
                 return None
         summary = self.summary(started)
         atomic_write_json(summary_path, summary)
+        if not self.cfg["runtime"]["keep_checkpoints"]:
+            checkpoint.remove(self.out)  # finished: the summary and metrics are the result
         return summary
 
 

@@ -227,3 +227,18 @@ def test_real_fashion_mnist_from_debian_package(tmp_path):
     ds = load_dataset("fashion-mnist", tmp_path, download=False)
     assert ds.train_images.shape == (60000, 1, 28, 28) and ds.test_images.shape == (10000, 1, 28, 28)
     assert torch.equal(torch.bincount(ds.test_labels), torch.full((10,), 1000))
+
+
+@pytest.mark.parametrize("padding, flip", [(2, True), (4, False), (0, True), (0, False)])
+def test_one_gather_equals_crop_then_flip_with_the_same_draws(padding, flip):
+    from fedunet.data import gather_augmented, pad_images
+
+    images = torch.randint(0, 255, (50, 3, 7, 9), dtype=torch.uint8)
+    idx = torch.tensor([4, 0, 49, 4, 17, 23])
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    expected = random_crop(images[idx], padding, g1)
+    if flip:
+        expected = random_flip(expected, g1)
+    got = gather_augmented(pad_images(images, padding), idx, padding, flip, g2)
+    assert torch.equal(got, expected)
+    assert torch.equal(g1.get_state(), g2.get_state())  # same random stream consumed

@@ -106,7 +106,8 @@ def test_no_valid_checkpoint_is_an_error(tiny_cfg, tmp_path):
 def test_existing_run_is_not_overwritten(tiny_cfg, tmp_path):
     cfg = tiny_cfg()
     train(cfg, tmp_path)
-    with pytest.raises(RunError, match="--resume"):
+    assert not list(tmp_path.glob("ckpt-*.pt")), "checkpoints of a finished run are removed by default"
+    with pytest.raises(RunError, match="already holds a finished run"):
         train(cfg, tmp_path)
     assert train(cfg, tmp_path, resume=True)["status"] == "complete"  # already done: nothing to do
 

@@ -117,3 +117,21 @@ def test_decoded_tensors_are_views_of_the_buffer():
     back, _ = decode(blob)
     blob[-4:] = struct.pack("<f", 9.0)
     assert back["a"][-1] == 9.0
+
+
+def test_nan_hidden_in_alignment_padding_is_rejected():
+    tensors = {"odd": torch.ones(3), "next": torch.ones(2)}  # 12 bytes, then 4 bytes of padding
+    blob = encode(tensors)
+    start = len(blob) - 16 - 8  # data: 12 + 4 padding + 8
+    blob[start + 12 : start + 16] = struct.pack("<f", float("nan"))
+    with pytest.raises(PayloadError, match="padding"):
+        decode(blob, PayloadSpec.for_tensors(tensors))
+
+
+def test_repeated_headers_are_checked_against_each_spec():
+    tensors = sample()
+    blob = bytes(encode(tensors))
+    decode(blob, PayloadSpec.for_tensors(tensors))  # accepted once for this spec
+    other = PayloadSpec.for_tensors({**tensors, "odd": torch.zeros(4)})
+    with pytest.raises(PayloadError, match="shape"):
+        decode(blob, other)  # the memo of one spec never vouches for another
