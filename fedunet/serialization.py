@@ -184,7 +184,7 @@ def decode(blob: bytes | bytearray | memoryview, spec: PayloadSpec | None = None
     return tensors, metadata
 
 
-_ACCEPTED: "weakref.WeakKeyDictionary[PayloadSpec, set[bytes]]" = weakref.WeakKeyDictionary()
+_ACCEPTED: weakref.WeakKeyDictionary[PayloadSpec, set[bytes]] = weakref.WeakKeyDictionary()
 
 
 @functools.lru_cache(maxsize=1024)
