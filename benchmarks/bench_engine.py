@@ -8,7 +8,7 @@ setting that runs every check once in CI.
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import record_check
+from goals import record_check
 from reference import ImageFolderLike, ReferenceFL, transforms_for
 from torch.utils.data import DataLoader
 

@@ -12,6 +12,7 @@ benchmark body runs once for its correctness assertions and no goal is evaluated
 from __future__ import annotations
 
 import pytest
+from goals import CHECKS
 
 # (goal, group, reference implementation, ours, minimum ratio, which cases), with
 # ratio = median time of the reference / median time of ours: a speed-up when the reference
@@ -77,14 +78,6 @@ def evaluate_goals(benchmarks) -> list[dict]:
                 {"goal": goal, "case": "-", "ratio": None, "minimum": minimum, "met": None, "slow": slow, "fast": fast}
             )
     return results
-
-
-# Goals that are not timings (e.g. equal accuracy), recorded by the tests that measure them.
-CHECKS: list[dict] = []
-
-
-def record_check(goal: str, case: str, value: float, limit: float, met: bool) -> None:
-    CHECKS.append({"goal": goal, "case": case, "ratio": value, "minimum": limit, "met": met, "slow": "", "fast": ""})
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):

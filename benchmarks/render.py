@@ -61,8 +61,13 @@ def render(paths: list[Path]) -> str:
             lines.append(f"| {b['group']} | {info.get('case', '')} | {info.get('impl', '')} | {median * 1e3:.2f} ms | {rate} |")
         lines.append("")
     if not any(json.loads(p.read_text())["machine_info"].get("fedunet_gpu") for p in paths):
-        lines += ["## GPU", "", "No results from a GPU yet: the GPU goals (engine round >= 5x the reference loop, local "
-                  "training >= 70% of a bare loop) are not measured. Run `bash scripts/bench.sh` on a CUDA machine to add them.", ""]
+        lines += [
+            "## GPU",
+            "",
+            "No results from a GPU yet: the GPU goals (engine round >= 5x the reference loop, local "
+            "training >= 70% of a bare loop) are not measured. Run `bash scripts/bench.sh` on a CUDA machine to add them.",
+            "",
+        ]
     return "\n".join(lines)
 
 
