@@ -48,7 +48,7 @@ def partition_config_checked(wildcards):
 def as_yaml(obj):
     import yaml
 
-    return yaml.safe_dump(obj, sort_keys=False)
+    return yaml.safe_dump(obj, sort_keys=True)
 
 
 def key_of(wildcards):

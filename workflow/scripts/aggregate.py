@@ -431,7 +431,7 @@ def aggregate(run_table: list[dict], runs_dir: Path, tables: Path, costs_path: P
         ),
     )
     pvo = paper_vs_ours(runs, costs, command, study["defaults"])
-    pvo = pvo[["claim", "paper", "ours", "ours_std", "unit", "protocol", "dataset", "source", "command"]]
+    pvo = pvo.reindex(columns=["claim", "paper", "ours", "ours_std", "unit", "protocol", "dataset", "source", "command"])
     write(
         pvo,
         tables,
