@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _partition(cfg: dict, args) -> int:
-    from fedunet.federated import load_run_dataset, partition_for
+    from fedunet.setup import load_run_dataset, partition_for
 
     cfg["partition"]["file"] = None
     data = load_run_dataset(cfg)
