@@ -30,7 +30,13 @@ def test_defaults_are_the_documented_paper_reading():
         ({"model": {"fusion": "sum"}}, ["model.fusion: 'sum' is not allowed", "allowed values: add, concat"]),
         ({"model": {"architectures": ["vgg17"]}}, ["model.architectures.0: 'vgg17'", "resnet18", "vgg16"]),
         ({"model": {"architectures": []}}, ["model.architectures"]),
-        ({"method": "fedsgd"}, ["method: 'fedsgd' is not allowed", "fd, fedavg, fedgh, fedkd, fedproto, fedtgp, fedunet, fedunet-unet, fml, lg-fedavg, local"]),
+        (
+            {"method": "fedsgd"},
+            [
+                "method: 'fedsgd' is not allowed",
+                "fd, fedavg, fedgh, fedkd, fedproto, fedtgp, fedunet, fedunet-unet, fml, lg-fedavg, local",
+            ],
+        ),
         ({"partition": {"alpha": -0.5}}, ["partition.alpha: -0.5 must be > 0"]),
         ({"federated": {"rounds": "ten"}}, ["federated.rounds: expected integer, got 'ten'"]),
         ({"federated": {"rounds": 0}}, ["federated.rounds: 0 must be >= 1"]),
