@@ -68,7 +68,39 @@ def render(paths: list[Path]) -> str:
             "training >= 70% of a bare loop) are not measured. Run `bash scripts/bench.sh` on a CUDA machine to add them.",
             "",
         ]
+    profiles = sorted(RESULTS.glob("profile-*.json"))
+    if profiles:
+        lines += profile_section(profiles[-1])
+    analysis = Path(__file__).resolve().parent / "missed_goals.md"
+    if analysis.exists():
+        lines += ["", analysis.read_text().strip(), ""]
     return "\n".join(lines)
+
+
+def profile_section(path: Path) -> list[str]:
+    """The newest profile (benchmarks/profile_engine.py): one round of each loop, cut into phases."""
+    data = json.loads(path.read_text())
+    impls, prov = data["implementations"], data["provenance"]
+    names = list(impls)
+    lines = [
+        f"## Where the time goes: {path.name}",
+        "",
+        f"One federated round of each loop under torch.profiler (case `{data['case']}`, size `{data['size']}`, "
+        f"{data['samples_per_round']:,} samples per round; {prov['device']}, {prov['threads']} threads, torch "
+        f"{prov['torch']}, commit {prov['commit'][:12]}, {prov['date']}; `{prov['command']}`). Unprofiled round: "
+        + ", ".join(f"{n} {impls[n]['round_s']:.3f} s" for n in names)
+        + ". Milliseconds of the profiled round, and the share of it:",
+        "",
+        "| phase | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    totals = {n: sum(impls[n]["phases_ms"].values()) for n in names}
+    for phase in impls[names[0]]["phases_ms"]:
+        cells = [f"{impls[n]['phases_ms'][phase]:,.0f} ms ({100 * impls[n]['phases_ms'][phase] / totals[n]:.0f}%)" for n in names]
+        lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+    lines.append("| **round (profiled)** | " + " | ".join(f"**{totals[n]:,.0f} ms**" for n in names) + " |")
+    lines.append("")
+    return lines
 
 
 if __name__ == "__main__":

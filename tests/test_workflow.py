@@ -182,6 +182,17 @@ def test_interrupted_runs_match_uninterrupted_ones(smoke, monkeypatch):
     assert checked == 2
 
 
+def test_html_report_has_every_figure_with_its_caption(smoke):
+    workdir, cfg, _ = smoke
+    report = workdir / "results" / "smoke" / "report.html"
+    r = snakemake(workdir, "--configfile", str(cfg), "--report", str(report))
+    assert r.returncode == 0, r.stderr[-3000:]
+    html = report.read_text()
+    for name in ("bottleneck_tradeoff.png", "per_architecture.png", "accuracy.md"):
+        assert name in html, name
+    assert "The knee is where a larger bottleneck stops paying" in html  # a caption, from workflow/report/
+
+
 def test_second_invocation_has_nothing_to_do(smoke):
     workdir, cfg, _ = smoke
     r = snakemake(workdir, "-n", "--configfile", str(cfg))
