@@ -104,5 +104,6 @@ def profile_section(path: Path) -> list[str]:
 
 
 if __name__ == "__main__":
-    paths = sorted(RESULTS.glob("*.json")) if len(sys.argv) == 1 else [Path(p) for p in sys.argv[1:]]
+    runs = sorted(p for p in RESULTS.glob("*.json") if not p.name.startswith("profile-"))
+    paths = runs if len(sys.argv) == 1 else [Path(p) for p in sys.argv[1:]]
     (RESULTS / "README.md").write_text(render(paths))
