@@ -8,10 +8,9 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
-from test_workflow import EXPECTED_TABLES, REPO, SNAKEFILE, write_study
+from test_workflow import EXPECTED_TABLES, REPO, snakemake_command, write_study
 
 pytestmark = pytest.mark.slurm
 
@@ -39,18 +38,8 @@ def test_smoke_study_runs_through_sbatch(tmp_path):
         cfg["resources"]["slurm"] = {"partition": partition}
 
     cfg = write_study(tmp_path, edit=one_seed)
-    cmd = [
-        "timeout",
-        "-k",
-        "30",
-        "1200",
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(SNAKEFILE),
-        "--directory",
-        str(tmp_path),
+    cmd = ["timeout", "-k", "30", "1200"] + snakemake_command(
+        tmp_path,
         "--configfile",
         str(cfg),
         "--profile",
@@ -62,7 +51,7 @@ def test_smoke_study_runs_through_sbatch(tmp_path):
         "5",
         "--jobs",
         "4",
-    ]
+    )
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     out = tmp_path / "results" / "smoke"

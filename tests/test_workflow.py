@@ -21,9 +21,13 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
 
 
+def snakemake_command(workdir: Path, *args: str) -> list[str]:
+    """The workflow run in ``workdir`` by the interpreter running the tests."""
+    return [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), *args]
+
+
 def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir)
+    return subprocess.run(snakemake_command(workdir, *args), capture_output=True, text=True, timeout=timeout, cwd=workdir)
 
 
 def write_study(workdir: Path, name: str = "smoke.yaml", edit=None) -> Path:
@@ -108,19 +112,7 @@ def smoke(tmp_path_factory):
     """The smoke study run once, interrupted mid-way (SIGTERM) and run again to the end."""
     workdir = tmp_path_factory.mktemp("smoke")
     cfg = write_study(workdir)
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(SNAKEFILE),
-        "--directory",
-        str(workdir),
-        "--cores",
-        "2",
-        "--configfile",
-        str(cfg),
-    ]
+    cmd = snakemake_command(workdir, "--cores", "2", "--configfile", str(cfg))
     runs = workdir / "results" / "smoke" / "runs"
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + 600
