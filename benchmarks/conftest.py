@@ -83,6 +83,10 @@ def evaluate_goals(benchmarks) -> list[dict]:
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     output_json["goals"] = evaluate_goals(benchmarks) + CHECKS
     output_json["bench_size"] = config.getoption("--bench-size")
+    # --benchmark-json always includes every round's raw timing (hundreds of thousands for the
+    # microsecond cases: 35 MB a run); the committed results keep the summary statistics only.
+    for bench in output_json["benchmarks"]:
+        bench["stats"].pop("data", None)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
