@@ -33,8 +33,11 @@ class Client:
     loader: ClientLoader
     test_indices: Tensor
     generator: torch.Generator
+    val_indices: Tensor | None = None  # validation split carved from the training data (best-round selection)
     bf16: bool = False
-    forward: nn.Module | None = None  # the compiled model, when torch.compile is on
+    # torch.compile on: the run's compiled regions (fedunet.compile.Compiler), shared by all clients
+    compiler: Callable[[nn.Module, str, Tensor], Tensor] | None = None
+    cuda_deterministic: bool = False  # swap ops without deterministic CUDA kernels (fedunet.determinism)
     state: dict = field(default_factory=dict)  # method-specific per-client tensors (e.g. global prototypes)
     aux: dict[str, nn.Module] = field(default_factory=dict)  # method-specific extra models (FML's meme, FedKD's mentee)
 
@@ -47,6 +50,10 @@ class Client:
         module = module.to(self.device)
         if self.loader.normalize.channels_last:
             module = module.to(memory_format=torch.channels_last)
+        if self.cuda_deterministic:
+            from fedunet.determinism import replace_nondeterministic
+
+            replace_nondeterministic(module)
         self.aux[name] = module
         self.optimizer.add_param_group({"params": list(module.parameters())})
         return module
@@ -71,8 +78,28 @@ class Client:
             return torch.autocast(device_type=self.loader.images.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    # Every forward pass of a method goes through these four, so that it runs compiled when
+    # torch.compile is on (a method calling ``client.model.features`` directly runs eagerly).
+
+    def _call(self, model: nn.Module, entry: str, x: Tensor) -> Tensor:
+        if self.compiler is None:
+            return model(x) if entry == "forward" else model.features(x)
+        return self.compiler(model, entry, x)
+
     def logits(self, x: Tensor) -> Tensor:
-        return (self.forward or self.model)(x)
+        """Class scores of the client's model."""
+        return self._call(self.model, "forward", x)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The classifier's input of the client's model (``ClientModel.features``)."""
+        return self._call(self.model, "features", x)
+
+    def aux_logits(self, name: str, x: Tensor) -> Tensor:
+        """Class scores of the extra model ``name`` (FML's meme, FedKD's mentee)."""
+        return self._call(self.aux[name], "forward", x)
+
+    def aux_features(self, name: str, x: Tensor) -> Tensor:
+        return self._call(self.aux[name], "features", x)
 
     def train(self, epochs: int, loss_fn: LossFn) -> TrainStats:
         """Local training (of the model and any extra models the method attached)."""

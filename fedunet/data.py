@@ -57,10 +57,21 @@ class ImageDataset:
             test_labels=self.test_labels.to(device),
         )
 
-    def channel_stats(self) -> tuple[Tensor, Tensor]:
-        """Per-channel mean and std of the training images in [0, 1] units."""
-        x = self.train_images.to(torch.float64) / 255.0
+    def channel_stats(self, indices: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Per-channel mean and std in [0, 1] units of the training images (only ``indices`` if given)."""
+        images = self.train_images if indices is None else self.train_images[indices]
+        x = images.to(torch.float64) / 255.0
         return x.mean(dim=(0, 2, 3)).float(), x.std(dim=(0, 2, 3)).float()
+
+
+# Per-channel mean and std of each dataset's full official training split, in [0, 1] units
+# (the values the field uses).  Fixed constants: no statistic ever sees a test or held-out
+# image, and every run and client of a dataset normalizes the same way.
+NORMALIZATION = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+}
 
 
 # ---------------------------------------------------------------- loading
@@ -360,7 +371,9 @@ class ClientLoader:
 
     Each epoch draws one permutation; batches are gathered, augmented and normalized on
     the device.  A trailing batch of a single sample is skipped (BatchNorm cannot train
-    on it).
+    on it).  ``shuffle=False`` visits the indices in their stored order every epoch and
+    draws nothing for it; ``drop_last=True`` skips any incomplete last batch (HtFLlib's
+    ``DataLoader(shuffle=False, drop_last=True)``).
     """
 
     def __init__(
@@ -373,10 +386,13 @@ class ClientLoader:
         normalizer: Normalizer,
         augmentation: Augmentation | None,
         padded_images: Tensor | None = None,
+        shuffle: bool = True,
+        drop_last: bool = False,
     ):
         self.images, self.labels = images, labels
         self.indices = indices.to(images.device)
         self.batch_size = batch_size
+        self.shuffle, self.drop_last = shuffle, drop_last
         self.generator = generator
         self.normalize = normalizer
         self.augmentation = augmentation
@@ -387,13 +403,17 @@ class ClientLoader:
 
     def __len__(self) -> int:
         n, b = len(self.indices), self.batch_size
-        return n // b + (1 if n % b > 1 else 0)
+        return n // b + (1 if n % b > 1 and not self.drop_last else 0)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        order = self.indices[torch.randperm(len(self.indices), generator=self.generator, device=self.indices.device)]
+        if self.shuffle:
+            order = self.indices[torch.randperm(len(self.indices), generator=self.generator, device=self.indices.device)]
+        else:
+            order = self.indices
+        smallest = self.batch_size if self.drop_last else 2
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            if len(idx) < 2:
+            if len(idx) < smallest:
                 break
             aug = self.augmentation
             if aug is None:

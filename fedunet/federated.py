@@ -24,12 +24,24 @@ import yaml
 
 from fedunet import checkpoint, methods, metrics, serialization
 from fedunet.client import Client, learning_rate, make_optimizer
+from fedunet.compile import Compiler
+from fedunet.determinism import replace_nondeterministic
 from fedunet.data import Augmentation, ClientLoader, Normalizer, pad_images
 from fedunet.io import atomic_write_json, atomic_write_text
 from fedunet.methods.base import Method, Upload
 from fedunet.model import ClientModel, count_parameters, state_nbytes
 from fedunet.serialization import PayloadError
-from fedunet.setup import RunError, derive_seed, load_run_dataset, model_specs, partition_for, resolve_runtime
+from fedunet.metrics import divergence
+from fedunet.setup import (
+    RunError,
+    derive_seed,
+    load_run_dataset,
+    model_specs,
+    normalization_stats,
+    partition_for,
+    resolve_runtime,
+    validation_split,
+)
 
 log = logging.getLogger("fedunet")
 
@@ -51,6 +63,7 @@ class Simulation:
         self.rows: list[dict] = []
         self.client_rows: list[dict] = []
         self.events: list[dict] = []
+        self.first_loss: dict[int, float] = {}  # each client's first finite training loss (divergence reference)
         self.round = 0
         self.elapsed = 0.0
 
@@ -60,24 +73,30 @@ class Simulation:
         cfg, dev = self.cfg, self.rt.device
         cpu_data = load_run_dataset(cfg)
         self.partition = partition_for(cfg, cpu_data)
-        mean, std = cpu_data.channel_stats()
         self.class_counts = self.partition.class_counts(cpu_data.train_labels).tolist()
+        train_idx, val_idx = validation_split(self.partition.train, cfg["eval"]["validation_fraction"], cfg["seed"])
+        mean, std = normalization_stats(cfg, cpu_data, train_idx)
         self.data = cpu_data.to(dev)
         self.normalizer = Normalizer(mean, std, dev, self.rt.channels_last)
         aug = Augmentation(cfg["training"]["crop_padding"], cfg["training"]["flip"])
         padded = pad_images(self.data.train_images, aug.crop_padding) if aug.crop_padding > 0 else None
+        # one compiled region per distinct architecture, shared by its clients (fedunet/compile.py)
+        self.compiler = Compiler(self.rt.compile_backend) if self.rt.compile else None
+        cuda_deterministic = self.rt.device.type == "cuda" and self.rt.deterministic
         self.clients: list[Client] = []
         for i, spec in enumerate(model_specs(cfg, self.data)):
             torch.manual_seed(derive_seed(cfg["seed"], "model", i))
             model = ClientModel(spec).to(dev)
             if self.rt.channels_last:
                 model = model.to(memory_format=torch.channels_last)
+            if cuda_deterministic:  # parameter-free swaps: the state_dict is unchanged
+                replace_nondeterministic(model)
             gen = torch.Generator(device=dev)
             gen.manual_seed(derive_seed(cfg["seed"], "data", i))
             loader = ClientLoader(
                 self.data.train_images,
                 self.data.train_labels,
-                self.partition.train[i],
+                train_idx[i],
                 cfg["training"]["batch_size"],
                 gen,
                 self.normalizer,
@@ -91,11 +110,12 @@ class Simulation:
                 optimizer=make_optimizer(model.parameters(), cfg),
                 loader=loader,
                 test_indices=self.partition.test[i].to(dev),
+                val_indices=val_idx[i].to(dev),
                 generator=gen,
                 bf16=self.rt.bf16,
+                compiler=self.compiler,
+                cuda_deterministic=cuda_deterministic,
             )
-            if self.rt.compile:
-                client.forward = torch.compile(model)
             self.clients.append(client)
         # one reusable payload buffer per sender: shapes repeat every round
         self.encoders = [serialization.Encoder() for _ in self.clients]
@@ -138,6 +158,7 @@ class Simulation:
                 "bytes_up": 0,
                 "bytes_down": 0,
                 "rejected": "",
+                "diverged": False,
             }
             for c in self.clients
         }
@@ -156,9 +177,12 @@ class Simulation:
             if stats.finite:
                 loss_sum += stats.loss * stats.samples
                 loss_n += stats.samples
-            else:
+                self.first_loss.setdefault(c.index, stats.loss)
+            why = divergence(stats.loss, self.first_loss.get(c.index), cfg["federated"]["divergence_factor"])
+            if why:
                 diverged += 1
-                self._event(r, c, "diverged", f"local training loss is {stats.loss}")
+                rec["diverged"] = True
+                self._event(r, c, "diverged", why)
             payload = self.method.upload(c)
             if payload is not None:
                 blob = self.encoders[c.index].encode(payload, float_dtype=cfg["federated"]["payload_dtype"])
@@ -222,9 +246,15 @@ class Simulation:
 
     def _evaluate(self, c: Client, rec: dict) -> dict:
         bs = self.cfg["eval"]["batch_size"]
-        correct, total, loss = metrics.evaluate(
-            c, self.data.train_images, self.data.train_labels, c.test_indices, bs, self.normalizer, self.method.predict
-        )
+        images, labels = self.data.train_images, self.data.train_labels
+
+        def on(indices):
+            return metrics.evaluate(c, images, labels, indices, bs, self.normalizer, self.method.predict)
+
+        fusion = c.model.fusion if self.cfg["eval"]["diagnostics"] else None
+        if fusion is not None:
+            fusion.norms = []
+        correct, total, loss = on(c.test_indices)
         rec.update(pers_acc=correct / max(total, 1))
         result = {
             "architecture": c.architecture,
@@ -233,6 +263,20 @@ class Simulation:
             "pers_acc": correct / max(total, 1),
             "pers_loss_sum": loss,
         }
+        if len(c.val_indices):
+            v_correct, v_total, _ = on(c.val_indices)
+            result.update(n_val=v_total, val_correct=v_correct)
+            rec.update(val_acc=v_correct / v_total)
+        if fusion is not None:
+            norms = torch.stack(fusion.norms).sum(0).tolist()
+            fusion.norms = None
+            result.update(norm_backbone_sum=norms[0], norm_unet_sum=norms[1])
+            for path, ablate in (("backbone", "unet"), ("unet", "backbone")):
+                fusion.ablate = ablate
+                try:
+                    result[f"pers_correct_{path}_only"] = on(c.test_indices)[0]
+                finally:
+                    fusion.ablate = None
         if self.cfg["eval"]["global"]:
             g_correct, g_total, g_loss = metrics.evaluate(
                 c, self.data.test_images, self.data.test_labels, None, bs, self.normalizer, self.method.predict
@@ -269,6 +313,7 @@ class Simulation:
             "rows": json.dumps(self.rows),
             "client_rows": json.dumps(self.client_rows),
             "events": json.dumps(self.events),
+            "first_loss": json.dumps(self.first_loss),
             "elapsed": self.elapsed,
             "initial_sync_bytes": self.initial_sync_bytes,
         }
@@ -293,6 +338,7 @@ class Simulation:
         self.rows = json.loads(state["rows"])
         self.client_rows = json.loads(state["client_rows"])
         self.events = json.loads(state["events"])
+        self.first_loss = {int(k): v for k, v in json.loads(state.get("first_loss", "{}")).items()}
         self.elapsed = state["elapsed"]
         self.initial_sync_bytes = state["initial_sync_bytes"]
         self.round = state["round"]
@@ -308,11 +354,14 @@ class Simulation:
     def summary(self, started: str) -> dict:
         cfg = self.cfg
         final = self.rows[-1]
+        # the best round is chosen on the clients' validation splits; both test protocols are
+        # then read at that round (never chosen on themselves)
+        chosen = metrics.best_round(self.rows, "val_acc")
         best = {}
-        for key in ("pers_acc", "global_acc"):
-            b = metrics.best_round(self.rows, key)
-            if b is not None:
-                best[key] = {"round": b["round"], "value": b[key]}
+        if chosen is not None:
+            best = {"selected_by": "val_acc", "round": chosen["round"]}
+            best.update({k: chosen[k] for k in ("val_acc", "pers_acc", "global_acc") if k in chosen})
+        diverged_events = [e for e in self.events if e["event"] == "diverged"]
         upload = self.method.upload(self.clients[0]) or {}
         return {
             "name": cfg["name"],
@@ -326,6 +375,11 @@ class Simulation:
             "rounds": cfg["federated"]["rounds"],
             "final": {k: v for k, v in final.items() if k not in metrics.TIMING_COLUMNS},
             "best": best,
+            "diverged": {
+                "any": bool(diverged_events),
+                "client_rounds": len(diverged_events),
+                "first_round": min((e["round"] for e in diverged_events), default=None),
+            },
             "communication": {
                 "payload_bytes_up_per_client": len(serialization.encode(upload, float_dtype=cfg["federated"]["payload_dtype"]))
                 if upload
@@ -335,6 +389,10 @@ class Simulation:
                 "initial_sync_bytes": self.initial_sync_bytes,
                 "total_bytes_up": sum(r["bytes_up"] for r in self.rows),
                 "total_bytes_down": sum(r["bytes_down"] for r in self.rows),
+                # what a reader compares: every byte of the run (incl. the initial sync) per round
+                "mb_per_round": (sum(r["bytes_up"] + r["bytes_down"] for r in self.rows) + self.initial_sync_bytes)
+                / len(self.rows)
+                / 1e6,
                 "payload_dtype": cfg["federated"]["payload_dtype"],
             },
             "clients": [

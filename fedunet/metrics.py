@@ -62,6 +62,13 @@ def summarize_round(per_client: list[dict]) -> dict:
     row["pers_acc"] = sum(c["pers_correct"] for c in per_client) / max(n, 1)
     row["pers_acc_std"] = _std(pers)
     row["pers_loss"] = sum(c["pers_loss_sum"] for c in per_client) / max(n, 1)
+    if "n_val" in per_client[0]:
+        row["val_acc"] = sum(c["val_correct"] for c in per_client) / max(sum(c["n_val"] for c in per_client), 1)
+    if "norm_unet_sum" in per_client[0]:
+        for path in ("backbone", "unet"):
+            row[f"pers_acc_{path}_only"] = sum(c[f"pers_correct_{path}_only"] for c in per_client) / max(n, 1)
+        for path in ("backbone", "unet"):
+            row[f"norm_{path}"] = sum(c[f"norm_{path}_sum"] for c in per_client) / max(n, 1)
     if "global_acc" in per_client[0]:
         glob = [c["global_acc"] for c in per_client]
         row["global_acc"] = sum(glob) / len(glob)
@@ -99,9 +106,20 @@ def _fmt(v):
     return v
 
 
-def best_round(rows: list[dict], key: str) -> dict | None:
+def best_round(rows: list[dict], key: str = "val_acc") -> dict | None:
+    """The row with the highest ``key`` (the earliest on ties); choose on validation, never on a test split."""
     scored = [r for r in rows if isinstance(r.get(key), float) and not math.isnan(r[key])]
-    return max(scored, key=lambda r: r[key]) if scored else None
+    return max(scored, key=lambda r: (r[key], -r["round"])) if scored else None
+
+
+def divergence(loss: float, first_loss: float | None, factor: float) -> str:
+    """Why a client's local training counts as diverged ('' when it does not): a loss that is
+    not finite, or one above ``factor`` times the client's first-round loss."""
+    if not math.isfinite(loss):
+        return f"local training loss is {loss}"
+    if first_loss is not None and first_loss > 0 and loss > factor * first_loss:
+        return f"local training loss {loss:.4g} exceeds {factor:g}x its first-round value {first_loss:.4g}"
+    return ""
 
 
 # ---------------------------------------------------------------- provenance
@@ -153,7 +171,15 @@ def package_versions() -> dict:
 
 
 def device_description(device: torch.device) -> dict:
-    info = {"type": device.type, "platform": platform.platform(), "torch_threads": torch.get_num_threads()}
+    info = {
+        "type": device.type,
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        # the vector instruction set torch's CPU kernels dispatch to (AVX2, AVX512...): results are
+        # bit-identical on one machine, not across instruction sets
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_name": _cpu_name(),
+    }
     if device.type == "cuda":
         info["name"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda

@@ -26,6 +26,8 @@ class ModelSpec:
     width: float = 1.0
     unet_d: int | None = 128  # None: plain backbone + classifier (no U-Net)
     fusion: str = "add"
+    fusion_source: str = "decoder"
+    fusion_head: str = "linear"
     min_bottleneck_size: int = 2
     max_poolings: int = 4
     feature_width: int | None = None  # a common feature width for methods that exchange features
@@ -62,7 +64,7 @@ class ClientModel(nn.Module):
         self.fusion: Fusion | None = None
         if spec.unet_d is not None:
             self.unet = UNet(spec.in_channels, spec.unet_d, spec.input_size, spec.min_bottleneck_size, spec.max_poolings)
-            self.fusion = Fusion(spec.fusion, self.unet.out_channels, feature_dim)
+            self.fusion = Fusion(spec.fusion, spec.unet_d, feature_dim, spec.fusion_source, spec.fusion_head)
             feature_dim = self.fusion.out_dim
         self.projection: FeatureProjection | None = None
         if spec.feature_width is not None:
@@ -76,7 +78,7 @@ class ClientModel(nn.Module):
         projected to the common feature width if one is set."""
         f = self.backbone(x)
         if self.unet is not None:
-            f = self.fusion(f, self.unet(x))
+            f = self.fusion(f, self.unet.read(x, self.fusion.source))
         if self.projection is not None:
             f = self.projection(f)
         return f

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 
 from fedunet import methods
-from fedunet.data import ImageDataset, load_dataset
+from fedunet.data import NORMALIZATION, ImageDataset, load_dataset
 from fedunet.model import ModelSpec
-from fedunet.partition import Partition, PartitionError, make_partition
+from fedunet.partition import POOLED_SCHEMES, Partition, PartitionError, make_partition, pooled
 
 
 class RunError(RuntimeError):
@@ -31,10 +31,34 @@ def derive_seed(seed: int, *parts: object) -> int:
 
 @dataclass
 class Runtime:
+    """The runtime a run trains with, resolved ("auto" decided) on this machine."""
+
     device: torch.device
     bf16: bool
     channels_last: bool
     compile: bool
+    deterministic: bool = True
+    compile_backend: str = "inductor"
+    threads: int = 1
+
+    def result_settings(self) -> dict:
+        """The settings that change a run's numbers (measured: each of them does on CPU), as
+        recorded per segment of a run and compared on resume.  CPU threads count only on CPU;
+        the compile backend only with compile on."""
+        return {
+            "device": self.device.type,
+            "bf16": self.bf16,
+            "channels_last": self.channels_last,
+            "compile": self.compile,
+            "compile_backend": self.compile_backend if self.compile else None,
+            "deterministic": self.deterministic,
+            "threads": self.threads if self.device.type == "cpu" else None,
+        }
+
+
+# cuBLAS needs a fixed workspace to be deterministic (CUDA >= 10.2); read when its handle is
+# created, so it must be set before the first CUDA matmul of the process.
+CUBLAS_WORKSPACE = ":4096:8"
 
 
 def resolve_runtime(cfg: dict) -> Runtime:
@@ -45,6 +69,8 @@ def resolve_runtime(cfg: dict) -> Runtime:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RunError(f"runtime.device: {name!r} requested but CUDA is not available; allowed here: auto, cpu")
     device = torch.device(name)
+    if rt["deterministic"] and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     if rt["threads"] is not None:
         torch.set_num_threads(rt["threads"])
     else:
@@ -53,10 +79,19 @@ def resolve_runtime(cfg: dict) -> Runtime:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     else:
+        torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = True
     bf16 = device.type == "cuda" if rt["bf16"] == "auto" else bool(rt["bf16"])
     channels_last = True if rt["channels_last"] == "auto" else bool(rt["channels_last"])
-    return Runtime(device, bf16, channels_last, rt["compile"])
+    return Runtime(
+        device,
+        bf16,
+        channels_last,
+        rt["compile"],
+        deterministic=rt["deterministic"],
+        compile_backend=rt.get("compile_backend", "inductor"),
+        threads=torch.get_num_threads(),
+    )
 
 
 def model_specs(cfg: dict, dataset: ImageDataset) -> list[ModelSpec]:
@@ -75,6 +110,8 @@ def model_specs(cfg: dict, dataset: ImageDataset) -> list[ModelSpec]:
             width=m["width"],
             unet_d=m["unet"]["d"] if attach else None,
             fusion=m["fusion"],
+            fusion_source=m["fusion_source"],
+            fusion_head=m["fusion_head"],
             min_bottleneck_size=m["unet"]["min_bottleneck_size"],
             max_poolings=m["unet"]["max_poolings"],
             feature_width=m["feature_width"] if method.needs_projection else None,
@@ -98,16 +135,58 @@ def partition_for(cfg: dict, dataset: ImageDataset) -> Partition:
             seed=seed,
             num_samples=len(dataset.train_labels),
         )
+        if p["scheme"] == "htfl":  # its own rule replaces min_samples
+            del want["min_samples"]
+            want.update(alpha=p["alpha"], least_samples_batch=p["least_samples_batch"])
         diff = {k: (part.settings.get(k), v) for k, v in want.items() if part.settings.get(k) != v}
         if diff:
             detail = ", ".join(f"partition.{k}: file has {a!r}, config has {b!r}" for k, (a, b) in diff.items())
             raise PartitionError(f"partition.file {p['file']} does not match the config: {detail}")
         return part
     return make_partition(
-        dataset.train_labels, p["num_clients"], p["scheme"], p["alpha"], p["min_samples"], p["test_fraction"], seed
+        dataset.train_labels,
+        p["num_clients"],
+        p["scheme"],
+        p["alpha"],
+        p["min_samples"],
+        p["test_fraction"],
+        seed,
+        least_samples_batch=p["least_samples_batch"],
     )
+
+
+def validation_split(train: list[torch.Tensor], fraction: float, seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Carve ``fraction`` of each client's training indices out as its validation split.
+
+    Deterministic per (seed, client) and independent of everything else; with ``fraction``
+    0 the training indices are returned unchanged (and empty validation splits).
+    """
+    kept, val = [], []
+    for i, idx in enumerate(train):
+        n_val = int(round(len(idx) * fraction))
+        if n_val == 0:
+            kept.append(idx)
+            val.append(idx[:0])
+            continue
+        g = torch.Generator().manual_seed(derive_seed(seed, "validation", i))
+        perm = idx[torch.randperm(len(idx), generator=g)]
+        val.append(perm[:n_val].sort().values)
+        kept.append(perm[n_val:].sort().values)
+    return kept, val
+
+
+def normalization_stats(cfg: dict, dataset: ImageDataset, train: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std: the dataset's published constants, or the clients' training samples
+    (never their held-out, validation or test samples)."""
+    name = cfg["dataset"]["name"]
+    if cfg["dataset"]["normalization"] == "dataset" and name in NORMALIZATION:
+        mean, std = NORMALIZATION[name]
+        return torch.tensor(mean), torch.tensor(std)
+    return dataset.channel_stats(torch.cat(train))
 
 
 def load_run_dataset(cfg: dict) -> ImageDataset:
     d = cfg["dataset"]
-    return load_dataset(d["name"], d["root"], d["download"], d["synthetic"], d["max_train"], d["max_test"])
+    data = load_dataset(d["name"], d["root"], d["download"], d["synthetic"], d["max_train"], d["max_test"])
+    # the htfl scheme partitions the official train and test splits pooled (PFLlib's datasets)
+    return pooled(data) if cfg["partition"]["scheme"] in POOLED_SCHEMES else data

@@ -25,6 +25,7 @@ SUMMARY_FIGURES = {
     "noniid": "noniid_alpha",
     "fusion": "fusion",
     "heterogeneous": "per_architecture",
+    "readings": "readings_diagnostics",
 }
 
 
@@ -62,6 +63,16 @@ class RunKey:
             "alpha": self.alpha,
             "seed": self.seed,
         }
+
+
+def fusion_settings(label: str) -> dict:
+    """The ``model`` settings a fusion label stands for: ``add`` / ``concat`` set the mode only;
+    ``<mode>-<source>-<head>`` (e.g. ``add-bottleneck-linear``) sets the whole reading."""
+    mode, *rest = label.split("-")
+    if not rest:
+        return {"fusion": mode}
+    source, head = rest
+    return {"fusion": mode, "fusion_source": source, "fusion_head": head}
 
 
 def alpha_label(alpha) -> str:
@@ -106,13 +117,24 @@ class Study:
                         for fusion in fusions:
                             for alpha in grid["alpha"]:
                                 for seed in exp.get("seeds", cfg["seeds"]):
-                                    key = RunKey(archset, method, int(d), fusion, alpha_label(alpha), int(seed))
+                                    label = self._canonical_fusion(fusion)
+                                    key = RunKey(archset, method, int(d), label, alpha_label(alpha), int(seed))
                                     exps = self.runs.setdefault(key, [])
                                     if exp_name not in exps:
                                         exps.append(exp_name)
         if problems:
             raise StudyError(problems)
         self._check_runs()
+
+    def _canonical_fusion(self, label: str) -> str:
+        """A full reading that equals the base config's is named by its mode alone, so that the
+        same run is never trained twice under two names."""
+        settings = fusion_settings(label)
+        model = self.cfg.get("base", {}).get("model", {})
+        base = {"fusion_source": model.get("fusion_source", "decoder"), "fusion_head": model.get("fusion_head", "linear")}
+        if len(settings) == 3 and all(settings[k] == base[k] for k in base):
+            return settings["fusion"]
+        return label
 
     def _check_runs(self) -> None:
         """Validate every run config with the library's own schema before any job starts."""
@@ -132,14 +154,17 @@ class Study:
     def run_config(self, key: RunKey) -> dict:
         """The run's configuration (base settings plus its grid point), as given to ``fedunet train``."""
         alpha = alpha_value(key.alpha)
+        # an alpha is drawn with the base config's Dirichlet scheme (dirichlet, or htfl: HtFLlib's)
+        skew = self.cfg.get("base", {}).get("partition", {}).get("scheme", "dirichlet")
+        skew = "dirichlet" if skew == "iid" else skew
         point = {
             "name": f"{self.name}/{key.path}",
             "seed": key.seed,
             "method": key.method,
-            "partition": {"scheme": "iid" if alpha is None else "dirichlet", **({} if alpha is None else {"alpha": alpha})},
+            "partition": {"scheme": "iid" if alpha is None else skew, **({} if alpha is None else {"alpha": alpha})},
             "model": {
                 "architectures": list(self.cfg["architecture_sets"][key.archset]),
-                "fusion": key.fusion,
+                **fusion_settings(key.fusion),
                 "unet": {"d": key.d},
             },
         }

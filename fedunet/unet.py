@@ -92,13 +92,22 @@ class UNet(nn.Module):
         self.up = nn.ModuleList(Up(widths[i + 1], widths[i], self.plan[i]) for i in reversed(range(LEVELS)))
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.read(x, "decoder")[0]
+
+    def read(self, x: Tensor, source: str = "decoder") -> list[Tensor]:
+        """The maps a fusion reading uses: ``decoder`` (the output), ``bottleneck`` (``z``; the
+        decoder is skipped, it would not reach the loss), or ``multiscale`` (every decoder level)."""
         skips = [self.inc(x)]
         for block in self.down:
             skips.append(block(skips[-1]))
         x = self.bottleneck(skips[-1])
+        if source == "bottleneck":
+            return [x]
+        levels = []
         for block, skip in zip(self.up, reversed(skips)):
             x = block(x, skip)
-        return x
+            levels.append(x)
+        return levels if source == "multiscale" else [x]
 
 
 BOTTLENECK_PREFIX = "unet.bottleneck."

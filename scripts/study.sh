@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
-# Install everything, then run the small real study: Fashion-MNIST, the paper's experiments
-# scaled down (config/quick.yaml), about 25 minutes on 2 CPU cores. Extra arguments go to
-# snakemake (e.g. --configfile config/smoke.yaml for the one-minute synthetic study).
+# Install everything, then make the quick study's tables and figures (Fashion-MNIST, config/quick.yaml).
+#
+#   bash scripts/study.sh            # regenerate tables + figures from the committed runs: seconds, no training
+#   bash scripts/study.sh --retrain  # retrain every run from scratch into retrained/quick/ (~30 min on 2 CPU cores),
+#                                    # leaving the committed results/quick/ untouched
+#
+# Other arguments go to snakemake (e.g. --configfile config/smoke.yaml for the one-minute synthetic study).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/install.sh
-args=("$@")
+args=()
+retrain=0
+for a in "$@"; do
+  if [ "$a" = --retrain ]; then retrain=1; else args+=("$a"); fi
+done
 [ ${#args[@]} -gt 0 ] || args=(--configfile config/quick.yaml)
+[ "$retrain" = 0 ] || args+=(--config results=retrained)
 start=$(date +%s)
 .venv/bin/snakemake --cores all "${args[@]}"
-echo "[study] finished in $(( $(date +%s) - start )) s; tables in results/*/tables, figures in results/*/figures"
+where=results; [ "$retrain" = 0 ] || where=retrained
+echo "[study] finished in $(( $(date +%s) - start )) s; tables in $where/*/tables, figures in $where/*/figures"

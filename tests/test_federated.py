@@ -24,12 +24,10 @@ def test_run_writes_metrics_summary_and_learns(tiny_cfg, tmp_path):
     assert summary["final"]["pers_acc"] > 1 / 3  # above chance on 3 classes
     for key in ("commit", "dirty"):
         assert key in summary["provenance"]["git"]
-    assert (
-        summary["provenance"]["packages"]["torch"] == torch.__version__.split("+")[0]
-        or summary["provenance"]["packages"]["torch"]
-    )
+    assert summary["provenance"]["packages"]["torch"] == torch.__version__.split("+")[0]
+    assert summary["provenance"]["device"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert summary["config"]["seed"] == 0 and summary["seed"] == 0
-    assert set(summary["best"]) == {"pers_acc", "global_acc"}
+    assert set(summary["best"]) == {"selected_by", "round", "val_acc", "pers_acc", "global_acc"}
     assert {"global_acc_vgg11", "global_acc_cnn"} <= set(rows[0])
     clients = list(csv.DictReader(open(tmp_path / "clients.csv")))
     assert len(clients) == 4 * 4 and {c["architecture"] for c in clients} == {"vgg11", "cnn"}
@@ -199,3 +197,134 @@ def test_two_processes_never_train_into_one_directory(tiny_cfg, tmp_path):
         with pytest.raises(RunError, match="another process .* is training"):
             train(tiny_cfg(), tmp_path)
     assert train(tiny_cfg(), tmp_path)["status"] == "complete"  # released
+
+
+# ------------------------------------------------------------------ fair statistics
+
+
+def test_best_round_is_chosen_on_validation_never_on_a_test_split():
+    from fedunet.metrics import best_round
+
+    rows = [
+        {"round": 1, "val_acc": 0.50, "pers_acc": 0.90, "global_acc": 0.90},
+        {"round": 2, "val_acc": 0.70, "pers_acc": 0.60, "global_acc": 0.55},
+        {"round": 3, "val_acc": 0.70, "pers_acc": 0.95, "global_acc": 0.95},
+    ]
+    assert best_round(rows)["round"] == 2  # the highest validation accuracy, earliest on ties
+
+
+def test_summary_reads_both_test_protocols_at_the_validation_best_round(tiny_cfg, tmp_path):
+    summary = train(tiny_cfg(federated={"rounds": 4}), tmp_path)
+    rows = read_metrics(tmp_path)
+    vals = [float(r["val_acc"]) for r in rows]
+    chosen = rows[vals.index(max(vals))]
+    assert summary["best"]["round"] == int(chosen["round"]) and summary["best"]["selected_by"] == "val_acc"
+    assert summary["best"]["pers_acc"] == float(chosen["pers_acc"])
+    assert summary["best"]["global_acc"] == float(chosen["global_acc"])
+
+
+def test_validation_split_is_carved_from_training_data_only(tiny_cfg, tmp_path):
+    sim = Simulation(tiny_cfg(eval={"validation_fraction": 0.2}), tmp_path)
+    sim.build()
+    for c, train_idx, test_idx in zip(sim.clients, sim.partition.train, sim.partition.test):
+        val, kept = set(c.val_indices.tolist()), set(c.loader.indices.tolist())
+        assert val and not val & kept and not val & set(test_idx.tolist())
+        assert val | kept == set(train_idx.tolist())
+        assert len(val) == round(0.2 * len(train_idx))
+    again = Simulation(tiny_cfg(eval={"validation_fraction": 0.2}), tmp_path / "b")
+    again.build()
+    assert all(torch.equal(a.val_indices, b.val_indices) for a, b in zip(sim.clients, again.clients))
+    none = Simulation(tiny_cfg(eval={"validation_fraction": 0.0}), tmp_path / "c")
+    none.build()
+    assert all(torch.equal(c.loader.indices, t) and len(c.val_indices) == 0 for c, t in zip(none.clients, none.partition.train))
+    summary = none.run()
+    assert summary["best"] == {} and "val_acc" not in summary["final"]
+
+
+def test_normalization_never_sees_held_out_or_test_images(tiny_cfg, tmp_path):
+    from fedunet.setup import normalization_stats, validation_split
+
+    sim = Simulation(tiny_cfg(), tmp_path)
+    sim.build()
+    data = sim.data.to("cpu")
+    kept, _ = validation_split(sim.partition.train, 0.1, 0)
+    mean, std = normalization_stats(sim.cfg, data, kept)
+    train_only = data.train_images[torch.cat(kept)].double() / 255
+    torch.testing.assert_close(mean.double(), train_only.mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    everything = data.train_images.double() / 255
+    assert not torch.allclose(mean.double(), everything.mean(dim=(0, 2, 3)), rtol=0, atol=1e-7)
+    fmnist = {"dataset": {"name": "fashion-mnist", "normalization": "dataset"}}
+    m, s = normalization_stats(fmnist, data, kept)
+    assert m.tolist() == pytest.approx([0.2860]) and s.tolist() == pytest.approx([0.3530])
+
+
+# ------------------------------------------------------------------ divergence and diagnostics
+
+
+def test_divergence_rule():
+    from fedunet.metrics import divergence
+
+    assert divergence(2.0, 2.3, 10) == ""
+    assert "exceeds 10x" in divergence(6e17, 2.3, 10)
+    assert divergence(24.0, 2.3, 10) and not divergence(22.9, 2.3, 10)
+    assert "nan" in divergence(float("nan"), None, 10)
+    assert divergence(5.0, None, 10) == ""
+
+
+def test_finite_loss_explosion_is_flagged_in_events_rows_and_summary(tiny_cfg, tmp_path):
+    from fedunet.client import TrainStats
+
+    sim = Simulation(tiny_cfg(federated={"rounds": 3}), tmp_path)
+    sim.build()
+    victim = sim.clients[2]
+    original = victim.train
+
+    def exploding(epochs, loss_fn):
+        stats = original(epochs, loss_fn)
+        return TrainStats(loss=6e17, samples=stats.samples, steps=stats.steps, finite=True) if sim_round[0] == 2 else stats
+
+    sim_round = [0]
+    victim.train = exploding
+    rows = []
+    for r in (1, 2, 3):
+        sim_round[0] = r
+        rows.append(sim.run_round(r))
+        sim.rows.append(rows[-1])
+    assert [r["diverged"] for r in rows] == [0, 1, 0]
+    events = [e for e in sim.events if e["event"] == "diverged"]
+    assert len(events) == 1 and events[0]["client"] == 2 and events[0]["round"] == 2
+    summary = sim.summary("now")
+    assert summary["diverged"] == {"any": True, "client_rounds": 1, "first_round": 2}
+
+
+def test_diagnostics_evaluate_each_path_alone_for_unet_models_only(tiny_cfg, tmp_path):
+    summary = train(tiny_cfg(), tmp_path / "unet")
+    final = summary["final"]
+    for key in ("pers_acc_backbone_only", "pers_acc_unet_only", "norm_backbone", "norm_unet"):
+        assert key in final
+    assert final["norm_unet"] > 0 and final["norm_backbone"] > 0
+    assert 0 <= final["pers_acc_unet_only"] <= 1
+    plain = train(tiny_cfg(method="fedavg", model={"architectures": ["cnn"]}), tmp_path / "plain")["final"]
+    assert "pers_acc_unet_only" not in plain and "norm_unet" not in plain
+
+
+def test_diagnostic_ablation_changes_predictions_and_is_undone(tiny_cfg, tmp_path):
+    from fedunet import metrics
+
+    sim = Simulation(tiny_cfg(), tmp_path)
+    sim.build()
+    sim.run_round(1)
+    c = sim.clients[0]
+    x = next(iter(c.loader))[0]
+    c.model.eval()
+    with torch.no_grad():
+        full = c.model(x)
+        c.model.fusion.ablate = "backbone"
+        unet_only = c.model(x)
+        c.model.fusion.ablate = None
+    assert not torch.allclose(full, unet_only)
+    per_client = {}
+    sim._evaluate(c, per_client)
+    assert c.model.fusion.ablate is None and c.model.fusion.norms is None
+    with torch.no_grad():
+        torch.testing.assert_close(c.model(x), full)

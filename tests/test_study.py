@@ -91,3 +91,21 @@ def test_shipped_studies_expand(path):
     cfg.setdefault("seeds", [0, 1, 2])
     study = Study(cfg)
     assert len(study.runs) > 10
+
+
+def test_fusion_readings_set_mode_source_and_head_and_the_base_reading_runs_once():
+    s = Study(study_cfg(readings={"fusion": ["add", "add-decoder-linear", "concat-bottleneck-conv"]}))
+    labels = {k.fusion for k in s.runs}
+    assert labels == {"add", "concat-bottleneck-conv"}  # add-decoder-linear is the base reading: same run as add
+    model = s.run_config(RunKey("hetero", "fedunet", 32, "concat-bottleneck-conv", "a0.5", 0))["model"]
+    assert (model["fusion"], model["fusion_source"], model["fusion_head"]) == ("concat", "bottleneck", "conv")
+    assert "fusion_source" not in s.run_config(RunKey("hetero", "fedunet", 32, "add", "a0.5", 0))["model"]
+
+
+def test_study_configs_expand(tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sizes = {name: len(Study(load_yaml((root / "config" / f"{name}.yaml").read_text())).runs) for name in ("smoke", "fmnist")}
+    assert sizes["smoke"] == 34  # tests/test_workflow.py SMOKE_RUNS
+    assert sizes["fmnist"] >= 3 * 40  # >= 3 seeds of every cell

@@ -19,7 +19,7 @@ wildcard_constraints:
     archset="|".join(sorted(config["architecture_sets"])),
     method="|".join(sorted({k.method for k in STUDY.runs})),
     d=r"\d+",
-    fusion="add|concat",
+    fusion=r"(add|concat)(-(decoder|bottleneck|multiscale)-(linear|conv))?",
     alpha=r"iid|a[0-9.e+-]+",
     seed=r"\d+",
     digest=r"[0-9a-f]{8}",

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedunet.metrics import divergence
+from fedunet.stats import flattened, mean_interval, paired_difference
 from fedunet.study import alpha_label
 
 # The paper's claims (Seo, Lee, Park 2025, abstract): not ours, quoted for comparison.
@@ -35,10 +37,12 @@ PAPER_CLAIMS = [
 ]
 METRICS = {
     "final_pers_acc": "personalized, final",
-    "best_pers_acc": "personalized, best round",
     "final_global_acc": "global, final",
-    "best_global_acc": "global, best round",
+    "best_pers_acc": "personalized, at the validation-best round",
+    "best_global_acc": "global, at the validation-best round",
 }
+# Diagnostics of the U-Net path (models with a U-Net), final round.
+DIAGNOSTICS = ("pers_acc_backbone_only", "pers_acc_unet_only", "norm_backbone", "norm_unet")
 GROUP = ["experiment", "archset", "method", "d", "fusion", "alpha"]
 
 
@@ -47,23 +51,35 @@ GROUP = ["experiment", "archset", "method", "d", "fusion", "alpha"]
 
 def run_rows(run_table: list[dict], runs_dir: Path) -> pd.DataFrame:
     rows = []
+    cache: dict[str, dict] = {}
     for entry in run_table:
-        s = json.loads((runs_dir / entry["run"] / "summary.json").read_text())
+        if entry["run"] not in cache:
+            cache[entry["run"]] = _run_facts(runs_dir / entry["run"])
+        s, facts = cache[entry["run"]]["summary"], cache[entry["run"]]
         final, best = s["final"], s["best"]
+        # a best round chosen on a test split (summaries before validation splits) is not reported
+        fair = best.get("selected_by") == "val_acc"
         prov = s["provenance"]
         rows.append(
             {
                 **entry,
                 "rounds": s["rounds"],
+                "reading": _reading(s["config"]["model"]),
                 "final_pers_acc": final.get("pers_acc"),
                 "final_pers_acc_client_std": final.get("pers_acc_std"),
-                "best_pers_acc": best.get("pers_acc", {}).get("value"),
-                "best_pers_round": best.get("pers_acc", {}).get("round"),
                 "final_global_acc": final.get("global_acc"),
-                "best_global_acc": best.get("global_acc", {}).get("value"),
-                "best_global_round": best.get("global_acc", {}).get("round"),
-                "mb_up_per_client": final["mb_up_per_client"],
-                "mb_down_per_client": final["mb_down_per_client"],
+                "best_round": best.get("round") if fair else None,
+                "best_val_acc": best.get("val_acc") if fair else None,
+                "best_pers_acc": best.get("pers_acc") if fair else None,
+                "best_global_acc": best.get("global_acc") if fair else None,
+                **{k: final.get(k) for k in DIAGNOSTICS},
+                "diverged": facts["diverged"],
+                "flattened": facts["flattened"],
+                "last5_change_pers_pts": 100 * facts["delta_pers"],
+                "last5_change_global_pts": 100 * facts["delta_global"],
+                "mb_per_round": facts["mb_per_round"],
+                "mb_up_per_client": facts["mb_up_per_client"],
+                "mb_down_per_client": facts["mb_down_per_client"],
                 "mb_round_total": final["mb_round_total"],
                 "payload_bytes": s["communication"]["payload_bytes_up_per_client"],
                 "shared_tensor_bytes": s["communication"]["shared_tensor_bytes"],
@@ -73,6 +89,7 @@ def run_rows(run_table: list[dict], runs_dir: Path) -> pd.DataFrame:
                 "commit": (prov["git"]["commit"] or "")[:12],
                 "dirty": prov["git"]["dirty"],
                 "device": prov["device"]["name"],
+                "cpu_capability": prov["device"].get("cpu_capability", ""),
                 "torch": prov["packages"]["torch"],
                 "finished": prov["finished"],
                 "dataset": s["dataset"],
@@ -81,11 +98,47 @@ def run_rows(run_table: list[dict], runs_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _reading(model: dict) -> str:
+    """The fusion reading of a run, ``mode-source-head`` (runs before readings existed: decoder-linear)."""
+    return f"{model['fusion']}-{model.get('fusion_source', 'decoder')}-{model.get('fusion_head', 'linear')}"
+
+
+def _run_facts(run: Path) -> dict:
+    """What the tables need beyond the summary, from the run's per-round metrics: divergence
+    (flagged by the engine, or a final loss far above the first round's for runs made before the
+    engine flagged it), whether the curves flattened, and traffic averaged over every round."""
+    s = json.loads((run / "summary.json").read_text())
+    m = pd.read_csv(run / "metrics.csv")
+    factor = s["config"]["federated"].get("divergence_factor", 10)
+    losses = m["train_loss"].tolist()
+    first = next((v for v in losses if math.isfinite(v)), None)
+    flagged = s.get("diverged", {}).get("any") or any(e["event"] == "diverged" for e in s["events"])
+    evaluated = m.dropna(subset=["pers_acc"])
+    ok_p, delta_p = flattened(evaluated["pers_acc"].tolist())
+    ok_g, delta_g = flattened(evaluated["global_acc"].tolist()) if "global_acc" in m else (True, math.nan)
+    rounds, clients = len(m), len(s["clients"])
+    senders = m["participants"].clip(lower=1)
+    return {
+        "summary": s,
+        "diverged": bool(flagged or (first is not None and divergence(losses[-1], first, factor))),
+        "flattened": bool(ok_p and ok_g),
+        "delta_pers": delta_p,
+        "delta_global": delta_g,
+        # every byte of the run over its rounds (FedKD's payload changes from round to round)
+        "mb_per_round": (m["bytes_up"].sum() + m["bytes_down"].sum() + s["communication"].get("initial_sync_bytes", 0))
+        / rounds
+        / 1e6,
+        "mb_up_per_client": float((m["bytes_up"] / senders).mean() / 1e6),
+        "mb_down_per_client": float(m["bytes_down"].sum() / rounds / clients / 1e6),
+    }
+
+
 def curves(run_table: list[dict], runs_dir: Path) -> pd.DataFrame:
     frames = []
     for run in sorted({e["run"] for e in run_table}):
         m = pd.read_csv(runs_dir / run / "metrics.csv")
-        keep = [c for c in ("round", "pers_acc", "global_acc", "train_loss", "mb_round_total", "time_round_s") if c in m]
+        cols = ("round", "pers_acc", "val_acc", "global_acc", "train_loss", "mb_round_total", "time_round_s", *DIAGNOSTICS)
+        keep = [c for c in cols if c in m]
         m = m[keep].dropna(subset=["pers_acc"])
         m.insert(0, "run", run)
         frames.append(m)
@@ -131,22 +184,88 @@ def client_throughput(run_table: list[dict], runs_dir: Path) -> pd.DataFrame:
 
 
 def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std and 95% t-interval half-width over seeds, every run included (diverged ones too:
+    they are counted in ``diverged``, never dropped), with how many runs' curves flattened."""
     agg = {}
     for col in METRICS:
         agg[f"{col}_mean"] = (col, "mean")
         agg[f"{col}_std"] = (col, "std")
+        agg[f"{col}_ci95"] = (col, lambda v: mean_interval(v.dropna().tolist()).half_width)
     agg["seeds"] = ("seed", "nunique")
     agg["rounds"] = ("rounds", "max")
+    agg["diverged"] = ("diverged", "sum")
+    agg["flattened"] = ("flattened", "sum")
     t = runs.groupby(GROUP, sort=True).agg(**agg).reset_index()
     for col in t.columns:
         if col.endswith("_std"):
             t[col] = t[col].fillna(0.0)
+    t["diverged"] = t["diverged"].astype(int)
+    t["flattened"] = t["flattened"].astype(int)
     return t
 
 
+# Which configuration of another method a FedUNet cell is compared with: the same experiment,
+# architecture set and alpha, and the same d and fusion where that method has them.
+COMPARED = ("final_pers_acc", "final_global_acc")
+
+
+def comparisons_table(runs: pd.DataFrame, reference: str = "fedunet") -> pd.DataFrame:
+    """For every FedUNet cell and every other method of its experiment: the paired difference
+    (FedUNet - X, in points) over the seeds both ran, with its 95% t-interval."""
+    rows = []
+    keys = ["experiment", "archset", "alpha"]
+    for (exp, archset, alpha), cell in runs.groupby(keys, sort=True):
+        ours = cell[cell["method"] == reference]
+        for (d, fusion), mine in ours.groupby(["d", "fusion"], sort=True):
+            for other in sorted(set(cell["method"]) - {reference}):
+                theirs = cell[cell["method"] == other]
+                same = theirs[(theirs["d"] == d) & (theirs["fusion"] == fusion)]
+                theirs = same if len(same) else theirs[theirs["fusion"] == theirs["fusion"].iloc[0]]
+                if theirs["d"].nunique() > 1 or theirs["fusion"].nunique() > 1:
+                    continue  # no single configuration of the other method to compare with
+                row = {"experiment": exp, "archset": archset, "alpha": alpha, "d": d, "fusion": fusion, "versus": other}
+                for col in COMPARED:
+                    diff = paired_difference(
+                        dict(zip(mine["seed"], mine[col])), dict(zip(theirs["seed"], theirs[col]))
+                    )
+                    row.update(
+                        {
+                            f"{col}_diff_pts": 100 * diff.mean,
+                            f"{col}_ci_low": 100 * diff.low,
+                            f"{col}_ci_high": 100 * diff.high,
+                            f"{col}_holds": diff.excludes_zero,
+                        }
+                    )
+                row["pairs"] = diff.n
+                row["diverged"] = f"{int(mine['diverged'].sum())}/{int(theirs['diverged'].sum())}"
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def comparisons_markdown(t: pd.DataFrame, prov: dict) -> str:
+    show = t[["experiment", "archset", "alpha", "d", "fusion", "versus", "pairs", "diverged"]].copy()
+    for col, label in (("final_pers_acc", "personalized"), ("final_global_acc", "global")):
+        show[f"FedUNet - X, {label} (pts, 95% CI)"] = [
+            "-" if math.isnan(m) else f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]{' *' if holds else ''}"
+            for m, lo, hi, holds in zip(
+                t[f"{col}_diff_pts"], t[f"{col}_ci_low"], t[f"{col}_ci_high"], t[f"{col}_holds"]
+            )
+        ]
+    note = (
+        "Paired differences of final-round accuracy, FedUNet minus the method in `versus`, over the seeds both ran "
+        "(same partition and seed), in percentage points with a 95% Student-t interval; `*` marks an interval that "
+        "excludes zero. `diverged`: runs flagged as diverged, FedUNet/other (they stay in the difference)."
+    )
+    return markdown(show, "FedUNet against each method (paired over seeds)", note, prov)
+
+
 def communication_table(runs: pd.DataFrame, costs: dict) -> pd.DataFrame:
+    """Traffic per run averaged over all its rounds, then over seeds (a method whose payload changes
+    from round to round, such as FedKD's, is not represented by one round)."""
     fedavg = {b["architecture"]: b["fedavg_payload_bytes_fp32"] / 1e6 for b in costs["backbones"]}
-    first = runs.sort_values("seed").drop_duplicates(["archset", "method", "d"])
+    per_run = runs.drop_duplicates("run")
+    cols = ["mb_up_per_client", "mb_down_per_client", "mb_per_round"]
+    first = per_run.groupby(["archset", "method", "d", "architectures"], sort=True)[cols].mean().reset_index()
     rows = []
     for _, r in first.iterrows():
         for arch in dict.fromkeys(r["architectures"].split()):
@@ -159,7 +278,7 @@ def communication_table(runs: pd.DataFrame, costs: dict) -> pd.DataFrame:
                     "backbone": arch,
                     "mb_up_per_client_per_round": r["mb_up_per_client"],
                     "mb_down_per_client_per_round": r["mb_down_per_client"],
-                    "mb_per_round_all_clients": r["mb_round_total"],
+                    "mb_per_round_all_clients": r["mb_per_round"],
                     "fedavg_mb_per_client_per_round": full,
                     "saved_vs_fedavg_pct": 100 * (1 - r["mb_up_per_client"] / full),
                 }
@@ -341,8 +460,11 @@ def _footer(prov: dict) -> str:
 
 ACCURACY_NOTE = (
     "Accuracy (%) as mean ± std over seeds (sample std). Personalized: each client on its own held-out split, "
-    "sample-weighted (HtFLlib protocol; HtFLlib reports the best round only, shown here beside the final round). "
-    "Global: each client model on the full test set, averaged over clients (NIID-Bench protocol)."
+    "sample-weighted (HtFLlib protocol). Global: each client model on the full test set, averaged over clients "
+    "(NIID-Bench protocol). The final round is the primary figure; the best round is chosen on validation splits "
+    "carved from each client's training data, never on either test set (HtFLlib picks it on the test split). "
+    "`diverged`: runs flagged as diverged (kept in the mean); `flattened`: runs whose last-5-round mean moved "
+    "< 0.5 point from the 5 rounds before, on both protocols."
 )
 
 
@@ -355,7 +477,43 @@ def _with_accuracy_columns(show: pd.DataFrame, t: pd.DataFrame) -> pd.DataFrame:
 
 
 def accuracy_markdown(t: pd.DataFrame, prov: dict) -> str:
-    return markdown(_with_accuracy_columns(t[GROUP + ["seeds", "rounds"]].copy(), t), "Accuracy", ACCURACY_NOTE, prov)
+    show = t[GROUP + ["seeds", "rounds", "diverged", "flattened"]].copy()
+    return markdown(_with_accuracy_columns(show, t), "Accuracy", ACCURACY_NOTE, prov)
+
+
+def diagnostics_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The readings experiment: accuracy with both paths, each path alone, and their norms."""
+    exp = runs[runs["experiment"] == "readings"]
+    cols = ["final_pers_acc", "final_global_acc", *DIAGNOSTICS]
+    by = ["archset", "reading", "method"]
+    t = exp.groupby(by, sort=True)[cols].agg(["mean", "std"])
+    t.columns = [f"{a}_{b}" for a, b in t.columns]
+    t["seeds"] = exp.groupby(by, sort=True)["seed"].nunique()
+    t["diverged"] = exp.groupby(by, sort=True)["diverged"].sum().astype(int)
+    return t.reset_index()
+
+
+def readings_markdown(t: pd.DataFrame, prov: dict) -> str:
+    show = t[["archset", "reading", "method", "seeds", "diverged"]].copy()
+    for col, label in (
+        ("final_pers_acc", "personalized (%)"),
+        ("final_global_acc", "global (%)"),
+        ("pers_acc_backbone_only", "backbone path alone (%)"),
+        ("pers_acc_unet_only", "U-Net path alone (%)"),
+    ):
+        show[label] = [
+            "-" if pd.isna(m) else f"{100 * m:.2f} ± {100 * (0 if pd.isna(s) else s):.2f}"
+            for m, s in zip(t[f"{col}_mean"], t[f"{col}_std"])
+        ]
+    show["U-Net / backbone norm"] = [
+        "-" if pd.isna(u) else f"{u / b:.3f}" for u, b in zip(t["norm_unet_mean"], t["norm_backbone_mean"])
+    ]
+    note = (
+        "Fusion readings (`mode-source-head`, see the README): final round, mean ± std over seeds. Each path alone: "
+        "personalized accuracy with the other path zeroed at the classifier input. Norm ratio: mean L2 norm of the "
+        "U-Net's contribution over the backbone's at the classifier input. `local` trains the same model without sharing."
+    )
+    return markdown(show, "Fusion readings and whether the U-Net path is used", note, prov)
 
 
 def methods_table(runs: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
@@ -400,6 +558,12 @@ def aggregate(run_table: list[dict], runs_dir: Path, tables: Path, costs_path: P
     write(per_architecture(runs, runs_dir), tables, "per_architecture", None)
     acc = accuracy_table(runs)
     write(acc, tables, "accuracy", accuracy_markdown(acc, prov))
+    comp_t = comparisons_table(runs)
+    if len(comp_t):
+        write(comp_t, tables, "comparisons", comparisons_markdown(comp_t, prov))
+    if "readings" in set(runs["experiment"]):
+        diag = diagnostics_table(runs)
+        write(diag, tables, "readings", readings_markdown(diag, prov))
     if "heterogeneous" in set(runs["experiment"]):
         meth = methods_table(runs, acc)
         write(meth, tables, "methods", methods_markdown(meth, prov))

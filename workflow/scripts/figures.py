@@ -5,6 +5,9 @@
 * ``noniid_alpha``: accuracy vs Dirichlet alpha (and IID);
 * ``fusion``: add vs concat;
 * ``per_architecture``: each backbone's global accuracy in the heterogeneous runs;
+* ``readings_diagnostics``: per fusion reading and method, accuracy with both paths, with each path
+  alone, and the U-Net/backbone norm ratio at the classifier input (an ignored U-Net path shows
+  as a U-Net-alone bar at chance and a ratio near zero);
 * ``partition_<alpha>-s<seed>``: the class distribution of each partition as a heatmap.
 
 Run as a Snakemake script, or import :func:`make_figures` from tests.
@@ -194,6 +197,47 @@ def partition_figure(counts_csv: Path, figures: Path, footer: str) -> None:
     save(fig, figures, f"partition_{name}", footer)
 
 
+def readings_figure(runs: pd.DataFrame, figures: Path, footer: str) -> None:
+    exp = runs[runs["experiment"] == "readings"].drop_duplicates("run")
+    readings = sorted(exp["reading"].unique())
+    methods = sorted(exp["method"].unique())
+    fig, (ax, ax_norm) = plt.subplots(1, 2, figsize=(13, 4.4), gridspec_kw={"width_ratios": [3, 1.4]})
+    series = [(m, col, f"{m}: {what}") for m in methods for col, what in (
+        ("final_pers_acc", "both paths"),
+        ("pers_acc_backbone_only", "backbone alone"),
+        ("pers_acc_unet_only", "U-Net alone"),
+    )]  # fmt: skip
+    width = 0.8 / len(series)
+    x = np.arange(len(readings))
+    for i, (method, col, name) in enumerate(series):
+        part = exp[exp["method"] == method].groupby("reading")[col].agg(["mean", "std"]).reindex(readings)
+        ax.bar(
+            x + (i - (len(series) - 1) / 2) * width,
+            100 * part["mean"],
+            width,
+            yerr=100 * part["std"].fillna(0),
+            capsize=2,
+            label=name,
+            color=f"C{methods.index(method)}",
+            alpha=(1.0, 0.65, 0.35)[i % 3],
+        )
+    ax.set_xticks(x, readings, fontsize=8)
+    ax.set_ylabel("final personalized accuracy (%)")
+    ax.set_title("Each path alone (the other zeroed at the classifier input)")
+    ax.legend(fontsize=7, ncol=len(methods))
+    for j, method in enumerate(methods):
+        part = exp[exp["method"] == method].assign(ratio=lambda t: t["norm_unet"] / t["norm_backbone"])
+        part = part.groupby("reading")["ratio"].agg(["mean", "std"]).reindex(readings)
+        ax_norm.bar(x + (j - (len(methods) - 1) / 2) * 0.8 / len(methods), part["mean"], 0.8 / len(methods),
+                    yerr=part["std"].fillna(0), capsize=2, label=method, color=f"C{j}")  # fmt: skip
+    ax_norm.set_xticks(x, readings, fontsize=7, rotation=30, ha="right")
+    ax_norm.set_ylabel("‖U-Net contribution‖ / ‖backbone features‖")
+    ax_norm.set_title("Norms at the classifier input")
+    ax_norm.legend(fontsize=7)
+    fig.suptitle(f"Fusion readings: is the U-Net path used? (mean ± std over {exp['seed'].nunique()} seeds)")
+    save(fig, figures, "readings_diagnostics", footer)
+
+
 def make_figures(tables: Path, figures: Path, counts: list[Path], footer: str) -> None:
     figures.mkdir(parents=True, exist_ok=True)
     runs = pd.read_csv(tables / "runs.csv")
@@ -207,6 +251,7 @@ def make_figures(tables: Path, figures: Path, counts: list[Path], footer: str) -
         "noniid": lambda: alpha_figure(runs, figures, footer),
         "fusion": lambda: fusion_figure(runs, figures, footer),
         "heterogeneous": lambda: per_architecture_figure(runs, per_arch, figures, footer),
+        "readings": lambda: readings_figure(runs, figures, footer),
     }
     assert set(makers) == set(SUMMARY_FIGURES)
     for experiment, make in makers.items():

@@ -1,0 +1,86 @@
+"""Statistics a reviewer accepts: paired differences over seeds with a 95% t-interval, and
+whether a learning curve has flattened.
+
+Pure Python (no SciPy): the two-sided 95% Student-t quantiles are the standard table
+values; between tabulated degrees of freedom they are interpolated in 1/df (exact to the
+third decimal), and beyond 120 the normal quantile is used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# t_{0.975, df}: the usual table (e.g. NIST/SEMATECH e-Handbook, table 1.3.6.7.2)
+_T975 = {
+    1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+    11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086,
+    21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045, 30: 2.042,
+    40: 2.021, 60: 2.000, 120: 1.980,
+}  # fmt: skip
+_Z975 = 1.960
+
+
+def t975(df: int) -> float:
+    """Two-sided 95% quantile of Student's t with ``df`` degrees of freedom."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df in _T975:
+        return _T975[df]
+    if df > 120:
+        return _Z975
+    lo = max(k for k in _T975 if k < df)
+    hi = min(k for k in _T975 if k > df)
+    w = (1 / lo - 1 / df) / (1 / lo - 1 / hi)
+    return _T975[lo] + w * (_T975[hi] - _T975[lo])
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean of ``n`` values with its 95% t-interval; ``excludes_zero`` marks a difference that holds."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.n >= 2 and (self.low > 0 or self.high < 0)
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+
+def mean_interval(values: list[float]) -> Interval:
+    """Mean and 95% t-interval of independent values (NaN-free); a single value gets an infinite one."""
+    xs = [float(v) for v in values]
+    n = len(xs)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    m = sum(xs) / n
+    if n == 1:
+        return Interval(m, -math.inf, math.inf, 1)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
+    h = t975(n - 1) * sd / math.sqrt(n)
+    return Interval(m, m - h, m + h, n)
+
+
+def paired_difference(a: dict, b: dict) -> Interval:
+    """``a - b`` paired on the keys both have (seeds): the mean difference with its 95% t-interval."""
+    keys = sorted(set(a) & set(b))
+    return mean_interval([a[k] - b[k] for k in keys])
+
+
+def flattened(values: list[float], window: int = 5, tolerance: float = 0.005) -> tuple[bool, float]:
+    """Whether a curve has flattened: the mean of its last ``window`` values differs from the mean of
+    the ``window`` before by less than ``tolerance`` (0.005 = half a point of accuracy).
+
+    Returns (flattened, that difference); a curve shorter than two windows is not flattened.
+    """
+    xs = [v for v in values if not math.isnan(v)]
+    if len(xs) < 2 * window:
+        return False, math.nan
+    delta = sum(xs[-window:]) / window - sum(xs[-2 * window : -window]) / window
+    return abs(delta) < tolerance, delta

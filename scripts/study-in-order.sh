@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Produce a long study incrementally, one experiment after another, so that whatever a stopped
+# session leaves behind is a set of finished experiments, not a scatter of cells:
+#   setsid nohup bash scripts/study-in-order.sh config/fmnist.yaml readings homogeneous ... &
+# Each experiment's training runs are snakemake targets (finished runs are never retrained; an
+# interrupted run resumes from its checkpoint). With no experiment named, every experiment of the
+# config runs in its own order. Tables and figures are made at the end (or with
+# `snakemake --cores all --configfile CONFIG` at any time, from the runs finished so far: see
+# --allow-missing below). Log: results/<study>/logs/in-order.log.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+config="$1"; shift
+PY=.venv/bin/python
+SMK=.venv/bin/snakemake
+experiments=("$@")
+if [ ${#experiments[@]} -eq 0 ]; then
+  mapfile -t experiments < <($PY -c "import sys, yaml; print('\n'.join(yaml.safe_load(open(sys.argv[1]))['experiments']))" "$config")
+fi
+study=$($PY -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['study'])" "$config")
+mkdir -p "results/$study/logs"
+log="results/$study/logs/in-order.log"
+for exp in "${experiments[@]}"; do
+  mapfile -t targets < <($PY - "$config" "$exp" <<'PY'
+import sys, yaml
+from fedunet.study import Study
+cfg = yaml.safe_load(open(sys.argv[1]))
+study = Study(cfg)
+for key, exps in sorted(study.runs.items()):
+    if sys.argv[2] in exps:
+        print(f"{study.out}/runs/{key.path}/summary.json")
+PY
+)
+  echo "[$(date -u +%FT%TZ)] experiment $exp: ${#targets[@]} runs" | tee -a "$log"
+  "$SMK" --cores all --configfile "$config" --keep-going --rerun-incomplete "${targets[@]}" >> "$log" 2>&1 \
+    || echo "[$(date -u +%FT%TZ)] experiment $exp: some runs failed (see $log)" | tee -a "$log"
+done
+echo "[$(date -u +%FT%TZ)] all runs done; tables and figures" | tee -a "$log"
+"$SMK" --cores all --configfile "$config" --keep-going >> "$log" 2>&1
+echo "[$(date -u +%FT%TZ)] finished" | tee -a "$log"

@@ -1,0 +1,48 @@
+import math
+
+import pytest
+
+from fedunet.stats import flattened, mean_interval, paired_difference, t975
+
+
+def test_paired_difference_matches_a_hand_computed_example():
+    # differences 0.05, 0.02, 0.04: mean 0.036667, sample sd 0.0152753, se 0.0088192,
+    # t(0.975, 2) = 4.303 -> half-width 0.037949 -> [-0.001282, 0.074616]: includes zero
+    a = {0: 0.80, 1: 0.82, 2: 0.78, 7: 0.5}  # seed 7 has no partner: left out
+    b = {0: 0.75, 1: 0.80, 2: 0.74}
+    d = paired_difference(a, b)
+    assert d.n == 3
+    assert d.mean == pytest.approx(0.0366667, abs=1e-6)
+    assert d.low == pytest.approx(-0.001282, abs=1e-6) and d.high == pytest.approx(0.074616, abs=1e-6)
+    assert not d.excludes_zero
+
+
+def test_a_consistent_difference_excludes_zero():
+    # differences 0.05, 0.04, 0.045: mean 0.045, sd 0.005, half-width 4.303 * 0.005 / sqrt(3) = 0.012422
+    d = paired_difference({0: 0.95, 1: 0.94, 2: 0.945}, {0: 0.90, 1: 0.90, 2: 0.90})
+    assert d.low == pytest.approx(0.032578, abs=1e-6) and d.high == pytest.approx(0.057422, abs=1e-6)
+    assert d.excludes_zero
+    assert paired_difference({0: 0.9}, {0: 0.8}).excludes_zero is False  # one seed proves nothing
+
+
+def test_t_quantiles_follow_the_table_and_tend_to_the_normal():
+    assert t975(1) == 12.706 and t975(2) == 4.303 and t975(30) == 2.042
+    assert 2.021 > t975(50) > 2.000
+    assert t975(1000) == 1.960
+    with pytest.raises(ValueError):
+        t975(0)
+
+
+def test_mean_interval_of_one_value_is_unbounded():
+    i = mean_interval([0.7])
+    assert i.mean == 0.7 and math.isinf(i.half_width)
+
+
+def test_flattened_compares_the_last_window_with_the_one_before():
+    rising = [0.5 + 0.01 * r for r in range(20)]  # +5 points per 5 rounds
+    ok, delta = flattened(rising)
+    assert not ok and delta == pytest.approx(0.05)
+    flat = [0.8] * 10 + [0.80, 0.81, 0.80, 0.81, 0.80]
+    ok, delta = flattened(flat)
+    assert ok and delta == pytest.approx(0.004)
+    assert flattened([0.8] * 9) == (False, pytest.approx(math.nan, nan_ok=True))
