@@ -3,7 +3,7 @@ import torch
 
 from fedunet import methods
 from fedunet.federated import Simulation
-from fedunet.methods.base import Upload, weighted_mean
+from fedunet.methods.base import Upload, participants, weighted_mean
 
 
 def build(cfg, tmp_path):
@@ -93,8 +93,17 @@ def test_initial_sync_gives_every_client_the_same_shared_start(tiny_cfg, tmp_pat
     assert not torch.equal(sim.clients[0].model.state_dict()[other], sim.clients[1].model.state_dict()[other])
 
 
-@pytest.mark.parametrize("fraction, expected", [(1.0, 4), (0.5, 2), (0.01, 1)])
+# floor(fraction x clients), at least one (FedAvg's max(C * K, 1)); 0.375 and 0.875 of 4 clients
+# are 1.5 and 3.5, which Python's round() would make 2 and 4
+@pytest.mark.parametrize("fraction, expected", [(1.0, 4), (0.5, 2), (0.01, 1), (0.375, 1), (0.875, 3), (0.75, 3)])
 def test_participation_fraction(tiny_cfg, tmp_path, fraction, expected):
     sim = build(tiny_cfg(federated={"rounds": 2, "participation": fraction}), tmp_path)
     chosen = sim.method.configure_round(1, sim.clients, torch.Generator().manual_seed(0))
     assert len(chosen) == expected and len({c.index for c in chosen}) == expected
+
+
+@pytest.mark.parametrize(
+    "fraction, clients, expected", [(0.29, 100, 29), (0.1, 20, 2), (0.15, 20, 3), (0.5, 5, 2), (0.3, 5, 1), (0.05, 10, 1)]
+)
+def test_participant_count_is_the_floor_with_a_minimum_of_one(fraction, clients, expected):
+    assert participants(fraction, clients) == expected  # 0.29 * 100 is 28.999999999999996 in binary

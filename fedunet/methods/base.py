@@ -14,6 +14,7 @@ A new method is one file: subclass :class:`Method`, set ``name``, override what 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from fedunet.client import Client, cross_entropy
 from fedunet.model import select_state
-from fedunet.serialization import PayloadError, PayloadSpec
+from fedunet.serialization import WIRE_DTYPES, PayloadError, PayloadSpec
 
 
 @dataclass
@@ -55,12 +56,13 @@ class Method:
         return None
 
     def configure_round(self, round_: int, clients: list[Client], generator: torch.Generator) -> list[Client]:
-        """Sample the participants of a round (fraction ``federated.participation``)."""
+        """Sample the participants of a round: max(1, floor(participation * clients)) of them, the
+        FedAvg convention (McMahan et al.; HtFLlib's int(clients * join_ratio))."""
         self.round = round_
         fraction = self.cfg["federated"]["participation"]
         if fraction >= 1.0:
             return list(clients)
-        k = max(1, round(fraction * len(clients)))
+        k = participants(fraction, len(clients))
         chosen = torch.randperm(len(clients), generator=generator)[:k].sort().values
         return [clients[i] for i in chosen.tolist()]
 
@@ -103,6 +105,40 @@ class Method:
         if limit is not None:
             return int(limit * 1e6)
         return 2 * sum(t.numel() * t.element_size() for t in template.values()) + 1_000_000
+
+
+def participants(fraction: float, num_clients: int) -> int:
+    """floor(fraction * clients), at least one; 1e-9 absorbs binary rounding (0.29 * 100 is 28.999...)."""
+    return max(1, math.floor(fraction * num_clients + 1e-9))
+
+
+def as_sent(tensors: dict[str, Tensor], payload_dtype: str) -> dict[str, Tensor]:
+    """The values a receiver decodes from a payload in ``payload_dtype`` (floats rounded to the wire
+    type and back); what a server keeps of its own message, so that it holds what the clients hold."""
+    wire = WIRE_DTYPES[payload_dtype]
+    if wire == torch.float32:
+        return tensors
+    return {k: v.to(wire).to(v.dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+def reweighted(uploads: list[Upload], aggregation: str) -> list[Upload]:
+    """The uploads with FedAvg's sample weights (``weighted``) or equal weights (``mean``, HtFLlib's servers)."""
+    if aggregation == "weighted":
+        return uploads
+    return [Upload(u.client, u.tensors, 1.0) for u in uploads]
+
+
+def clip_gradients(client: Client, modules: list[torch.nn.Module], max_norm: float | None) -> None:
+    """Clip the gradient norm of each module separately to ``max_norm`` before every optimizer step
+    of ``client`` (HtFLlib's ``clip_grad_norm_(model.parameters(), 10)`` per model); ``None``: no clipping."""
+    if max_norm is None:
+        return
+
+    def clip(optimizer, args, kwargs):
+        for module in modules:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+
+    client.optimizer.register_step_pre_hook(clip)
 
 
 def weighted_mean(uploads: list[Upload]) -> dict[str, Tensor]:
@@ -153,7 +189,7 @@ class StateSharing(Method):
         return self.spec
 
     def aggregate(self, uploads: list[Upload]) -> dict[str, Tensor]:
-        self.global_state = weighted_mean(uploads)
+        self.global_state = as_sent(weighted_mean(uploads), self.cfg["federated"]["payload_dtype"])
         return self.global_state
 
     def download(self, client: Client, message: dict[str, Tensor]) -> None:
@@ -212,11 +248,18 @@ class PrototypeMethod(Method):
     """Shared machinery of methods that upload per-class feature prototypes (FedProto, FedGH, FedTGP).
 
     Upload: ``protos`` (C x K, the class means of the trained model's features) and ``counts``
-    (C, samples per class; zero marks a class the client lacks).
+    (C, samples per class; zero marks a class the client lacks).  By default the means are
+    taken after local training, in eval mode, over every training sample; a method with the
+    option ``prototypes: during`` averages instead the train-mode features of every training
+    step of the round (HtFLlib's FedProto, and FedProto's official code).
     """
 
     attach_unet = False
     needs_projection = True
+
+    @property
+    def during(self) -> bool:
+        return self.hp.get("prototypes") == "during"
 
     def setup(self, clients: list[Client]) -> dict[str, Tensor] | None:
         model = clients[0].model
@@ -224,6 +267,9 @@ class PrototypeMethod(Method):
         for c in clients:
             c.state["protos"] = torch.zeros(self.num_classes, self.width, device=c.device)
             c.state["present"] = torch.zeros(self.num_classes, dtype=torch.bool, device=c.device)
+            if self.during:
+                c.state["proto_sums"] = torch.zeros(self.num_classes, self.width, device=c.device)
+                c.state["proto_counts"] = torch.zeros(self.num_classes, dtype=torch.int64, device=c.device)
         template = {
             "protos": torch.zeros(self.num_classes, self.width),
             "counts": torch.zeros(self.num_classes, dtype=torch.int64),
@@ -235,6 +281,13 @@ class PrototypeMethod(Method):
         return self.spec
 
     def upload(self, client: Client) -> dict[str, Tensor]:
+        if self.during:
+            st = client.state
+            counts = st["proto_counts"].clone()
+            protos = st["proto_sums"] / counts.clamp(min=1).unsqueeze(1).to(st["proto_sums"].dtype)
+            st["proto_sums"].zero_()
+            st["proto_counts"].zero_()
+            return {"protos": protos.cpu(), "counts": counts.cpu()}
         protos, counts = class_feature_means(client)
         return {"protos": protos, "counts": counts}
 
@@ -245,6 +298,9 @@ class PrototypeMethod(Method):
     def prototype_regularized_loss(self, client: Client, x: Tensor, y: Tensor) -> Tensor:
         """CE + lamda * MSE(features, global prototype of the class)."""
         features = client.model.features(x)
+        if self.during and torch.is_grad_enabled():  # this step's features, for this round's upload
+            client.state["proto_sums"].index_add_(0, y, features.detach().float())
+            client.state["proto_counts"] += torch.bincount(y, minlength=self.num_classes)
         loss = torch.nn.functional.cross_entropy(client.model.classifier(features), y)
         if bool(client.state["present"].any()):
             loss = loss + self.hp["lamda"] * prototype_loss(features, y, client.state["protos"], client.state["present"])

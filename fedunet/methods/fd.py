@@ -4,9 +4,13 @@ Learning: Federated Distillation and Augmentation under Non-IID Private Data", a
 Clients share no weights: each uploads, per class, the mean of its model's logits over the
 round's training batches; the server averages them per class over the clients that hold the
 class; each client then trains with CE + lamda * CE(logits, softmax(global logit of the
-sample's class)).  Models may differ freely (only C-dimensional logits are exchanged).
+sample's class)), summed over the samples whose class has a global logit and divided by the
+batch size.  Models may differ freely (only C-dimensional logits are exchanged).
+``target: logits`` is HtFLlib's version: the *raw* global logits are the cross-entropy
+target (not a distribution: the term is unbounded below and its minimizer runs off to
+infinity), and a sample whose class has no global logit takes its own detached logits.
 Sent up: C x C mean logits and C class counts; down: C x C global logits and C counts.
-Defaults: lamda = 1 (HtFLlib).
+Defaults: lamda = 1 (HtFLlib), target softmax.
 """
 
 import torch
@@ -21,7 +25,14 @@ from fedunet.serialization import PayloadError, PayloadSpec
 class FedDistill(Method):
     name = "fd"
     attach_unet = False
-    options = {"lamda": {"type": "number", "minimum": 0, "default": 1.0, "description": "weight of the distillation term"}}
+    options = {
+        "lamda": {"type": "number", "minimum": 0, "default": 1.0, "description": "weight of the distillation term"},
+        "target": {
+            "enum": ["softmax", "logits"],
+            "default": "softmax",
+            "description": "CE target: softmax of the global logits (a distribution) or the raw logits (HtFLlib)",
+        },
+    }
 
     def setup(self, clients):
         c0 = clients[0]
@@ -45,7 +56,12 @@ class FedDistill(Method):
         st["logit_sums"].index_add_(0, y, logits.detach().float())  # for this round's upload
         st["logit_counts"] += torch.bincount(y, minlength=self.num_classes)
         have = st["present"][y]
-        if bool(have.any()):
+        if self.hp["target"] == "logits":
+            if bool(st["present"].any()):  # HtFLlib: no term before the first global logits arrive
+                target = torch.where(have.unsqueeze(1), st["global_logits"][y], logits.detach().float())
+                soft_ce = -(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+                loss = loss + self.hp["lamda"] * soft_ce
+        elif bool(have.any()):
             target = F.softmax(st["global_logits"][y[have]], dim=1)
             soft_ce = -(target * F.log_softmax(logits[have].float(), dim=1)).sum(dim=1).sum() / len(y)
             loss = loss + self.hp["lamda"] * soft_ce

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedunet.methods import register
-from fedunet.methods.base import PrototypeMethod, Upload, train_on_prototypes, uploaded_prototypes
+from fedunet.methods.base import PrototypeMethod, Upload, as_sent, train_on_prototypes, uploaded_prototypes
 
 
 @register
@@ -34,7 +34,10 @@ class FedGH(PrototypeMethod):
         return self.message()
 
     def message(self):
-        return {k: v.detach().clone() for k, v in self.header.state_dict().items()}
+        """The header as sent; the server keeps the values the clients decode (fp16/bf16 payloads)."""
+        sent = as_sent({k: v.detach().clone() for k, v in self.header.state_dict().items()}, self.cfg["federated"]["payload_dtype"])
+        self.header.load_state_dict(sent)
+        return sent
 
     def aggregate(self, uploads: list[Upload]):
         protos, labels = uploaded_prototypes(uploads)
