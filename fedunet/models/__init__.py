@@ -57,4 +57,4 @@ def scaled(channels: int, width: float) -> int:
 
 
 # Populate the registry.
-from fedunet.models import cnn, htfl_cnn, resnet, vgg  # noqa: E402,F401
+from fedunet.models import cnn, htfl_cnn, resnet, vgg, vit  # noqa: E402,F401
