@@ -114,11 +114,12 @@ def best_round(rows: list[dict], key: str = "val_acc") -> dict | None:
 
 def divergence(loss: float, first_loss: float | None, factor: float) -> str:
     """Why a client's local training counts as diverged ('' when it does not): a loss that is
-    not finite, or one above ``factor`` times the client's first-round loss."""
+    not finite, or one above ``factor`` times its reference loss (the engine's reference: the
+    client's first round loss, raised to its second unless that one already diverged)."""
     if not math.isfinite(loss):
         return f"local training loss is {loss}"
     if first_loss is not None and first_loss > 0 and loss > factor * first_loss:
-        return f"local training loss {loss:.4g} exceeds {factor:g}x its first-round value {first_loss:.4g}"
+        return f"local training loss {loss:.4g} exceeds {factor:g}x its first rounds' value {first_loss:.4g}"
     return ""
 
 

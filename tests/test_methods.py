@@ -107,3 +107,17 @@ def test_participation_fraction(tiny_cfg, tmp_path, fraction, expected):
 )
 def test_participant_count_is_the_floor_with_a_minimum_of_one(fraction, clients, expected):
     assert participants(fraction, clients) == expected  # 0.29 * 100 is 28.999999999999996 in binary
+
+
+@pytest.mark.parametrize("method, extra", [("fedunet", {}), ("fml", {}), ("fedgh", {})])
+def test_with_half_precision_payloads_the_server_keeps_what_it_sends(tiny_cfg, tmp_path, method, extra):
+    sim = build(tiny_cfg(method=method, federated={"rounds": 2, "payload_dtype": "float16"}, **extra), tmp_path)
+    sim.run_round(1)
+    if method == "fedgh":
+        server, client = sim.method.header.state_dict(), sim.clients[1].model.classifier.state_dict()
+    else:
+        server, client = sim.method.global_state, sim.method.shared(sim.clients[1])
+    floats = [n for n, t in server.items() if t.is_floating_point()]
+    assert floats and all(torch.equal(server[n].cpu(), client[n].cpu()) for n in floats)
+    # and the values are fp16's: rounding them again changes nothing
+    assert all(torch.equal(server[n], server[n].half().to(server[n].dtype)) for n in floats)

@@ -35,7 +35,8 @@ class FedGH(PrototypeMethod):
 
     def message(self):
         """The header as sent; the server keeps the values the clients decode (fp16/bf16 payloads)."""
-        sent = as_sent({k: v.detach().clone() for k, v in self.header.state_dict().items()}, self.cfg["federated"]["payload_dtype"])
+        header = {k: v.detach().clone() for k, v in self.header.state_dict().items()}
+        sent = as_sent(header, self.cfg["federated"]["payload_dtype"])
         self.header.load_state_dict(sent)
         return sent
 

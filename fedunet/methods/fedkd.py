@@ -102,12 +102,14 @@ class FedKD(Method):
         "energy_schedule": {
             "enum": ["official", "htfllib"],
             "default": "official",
-            "description": "energy of round r: start + r/R (end - start) (official code) or start + (r-1)/R (end - start) (HtFLlib)",
+            "description": "energy of round r: start + r/R (end - start) (official code) or start + (r-1)/R (end - start) "
+            "(HtFLlib)",
         },
         "compress": {
             "enum": ["update", "parameters"],
             "default": "update",
-            "description": "what is SVD-compressed: the mentee's change since the last global mentee (paper) or its parameters (HtFLlib)",
+            "description": "what is SVD-compressed: the mentee's change since the last global mentee (paper) or its "
+            "parameters (HtFLlib)",
         },
         "svd": {
             "enum": ["flattened", "per_kernel"],
@@ -117,7 +119,8 @@ class FedKD(Method):
         "rank_rule": {
             "enum": ["energy", "htfllib"],
             "default": "energy",
-            "description": "fewest singular values reaching the energy, or HtFLlib's loop (rank 0, a zero tensor, when only full rank would)",
+            "description": "fewest singular values reaching the energy, or HtFLlib's loop (rank 0, a zero tensor, when only "
+            "the full rank would)",
         },
         "kl_reduction": KL_REDUCTION,
         "gradients": GRADIENTS,

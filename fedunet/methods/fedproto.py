@@ -39,7 +39,8 @@ class FedProto(PrototypeMethod):
         "prototypes": {
             "enum": ["after", "during"],
             "default": "after",
-            "description": "class means after local training, eval mode (paper) or of the train-mode features of every step (HtFLlib)",
+            "description": "class means after local training, eval mode (paper) or of the train-mode features of every "
+            "step (HtFLlib)",
         },
     }
 
