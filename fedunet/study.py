@@ -1,6 +1,6 @@
 """A study: named experiments, each a small grid, expanded into one run config per job.
 
-The workflow (``Snakefile``) and the tests use this module; it opens no dataset and
+The workflow (``workflow/Snakefile``) and the tests use this module; it opens no dataset and
 trains nothing, so expanding hundreds of runs takes well under a second.
 
 Grid axes: architecture set x method x bottleneck size d x fusion x Dirichlet alpha

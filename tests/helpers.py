@@ -1,6 +1,14 @@
-"""Small synthetic configurations shared by the tests (a module, so any test folder can import it)."""
+"""What several test files share (a module, so any test folder can import it): small synthetic
+configurations, and the Snakemake workflow run from a scratch directory."""
 
 import copy
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "workflow" / "Snakefile"  # where the Snakemake workflow catalog expects it
 
 TINY = {
     "name": "tiny",
@@ -28,3 +36,32 @@ def tiny_raw(**sections) -> dict:
         else:
             raw[key] = value
     return raw
+
+
+def snakemake_command(workdir: Path, *args: str) -> list[str]:
+    """The workflow run in ``workdir`` by the interpreter running the tests."""
+    return [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), *args]
+
+
+def write_study(workdir: Path, name: str = "smoke.yaml", edit=None) -> Path:
+    """A copy of ``config/<name>`` in ``workdir``, changed by ``edit(cfg)`` if given."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = yaml.safe_load((REPO / "config" / name).read_text())
+    if edit:
+        edit(cfg)
+    path = workdir / name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+# every table the smoke study makes (config/smoke.yaml)
+SMOKE_TABLES = [
+    f"{name}.{ext}"
+    for name in ("accuracy", "communication", "compute", "paper_vs_ours", "comparisons", "readings", "methods")
+    for ext in ("csv", "md")
+] + [
+    "runs.csv",
+    "curves.csv",
+    "per_architecture.csv",
+    "provenance.json",
+]

@@ -24,5 +24,12 @@ def test_bottleneck_costs_match_the_paper_arithmetic():
     assert c["widths"] == [64, 128, 256, 512, 1024]
 
 
-def test_measured_throughput_is_positive():
-    assert costs.measure_throughput(ModelSpec("cnn", 1, 16, 10, width=0.25, unet_d=None), steps=2, warmup=1, batch_size=8) > 0
+def test_measured_throughput_is_images_trained_in_the_timed_window_over_its_duration(monkeypatch):
+    """A clock that ticks once per training step: the rate is then exactly the batch size if the
+    timed window holds the `steps` steps and nothing else (no warm-up step, no missing step)."""
+    steps_done = []
+    real_loss = costs.F.cross_entropy
+    monkeypatch.setattr(costs.F, "cross_entropy", lambda *a, **k: steps_done.append(1) or real_loss(*a, **k))
+    monkeypatch.setattr(costs.time, "perf_counter", lambda: float(len(steps_done)))
+    rate = costs.measure_throughput(ModelSpec("cnn", 1, 16, 10, width=0.25, unet_d=None), steps=3, warmup=2, batch_size=8)
+    assert len(steps_done) == 2 + 3 and rate == 8.0

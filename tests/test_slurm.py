@@ -10,7 +10,7 @@ import shutil
 import subprocess
 
 import pytest
-from test_workflow import EXPECTED_TABLES, REPO, snakemake_command, write_study
+from helpers import REPO, SMOKE_TABLES, snakemake_command, write_study
 
 pytestmark = pytest.mark.slurm
 
@@ -55,7 +55,7 @@ def test_smoke_study_runs_through_sbatch(tmp_path):
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     out = tmp_path / "results" / "smoke"
-    for name in EXPECTED_TABLES:
+    for name in SMOKE_TABLES:
         assert (out / "tables" / name).exists(), name
     summaries = list((out / "runs").glob("**/summary.json"))
     assert len(summaries) == 13

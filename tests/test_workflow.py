@@ -5,40 +5,29 @@ written into the repository.
 """
 
 import json
+import math
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from helpers import REPO, SMOKE_TABLES, snakemake_command, write_study
+from snakemake.utils import validate
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEFILE = REPO / "Snakefile"
+from fedunet.study import Study
 
-
-def snakemake_command(workdir: Path, *args: str) -> list[str]:
-    """The workflow run in ``workdir`` by the interpreter running the tests."""
-    return [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), *args]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run(snakemake_command(workdir, *args), capture_output=True, text=True, timeout=timeout, cwd=workdir)
-
-
-def write_study(workdir: Path, name: str = "smoke.yaml", edit=None) -> Path:
-    workdir.mkdir(parents=True, exist_ok=True)
-    cfg = yaml.safe_load((REPO / "config" / name).read_text())
-    if edit:
-        edit(cfg)
-    path = workdir / name
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -56,6 +45,74 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
+SCRIPTS = REPO / "workflow" / "scripts"
+
+
+def test_paper_vs_ours_puts_our_value_beside_each_claim(monkeypatch):
+    """Accuracy claims read only FedUNet on VGG11/13/16/19 at the default fusion and alpha, each run
+    once; byte claims and the saving come from the costs of the U-Net we build."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    from study_tables import PAPER_CLAIMS, paper_vs_ours
+
+    def run(seed, acc, method="fedunet", archs="vgg11 vgg13 vgg16 vgg19", fusion="add", alpha="a0.5", d=128):
+        return {
+            "run": f"{archs}/{method}/d{d}-{fusion}-{alpha}/seed{seed}",
+            "archset": "hetero-vgg",
+            "method": method,
+            "architectures": archs,
+            "fusion": fusion,
+            "alpha": alpha,
+            "d": d,
+            "dataset": "cifar10",
+            "final_global_acc": acc,
+            "final_pers_acc": acc / 2,
+            "best_global_acc": acc / 4,
+        }
+
+    runs = pd.DataFrame(
+        [run(0, 0.80), run(1, 0.90), run(1, 0.90)]  # seed 1 in two experiments: one run, counted once
+        + [run(2, 0.1, fusion="concat"), run(2, 0.1, alpha="a0.1"), run(2, 0.1, archs="vgg16 vgg16 vgg16 vgg16")]
+        + [run(2, 0.1, method="local"), run(2, 0.1, d=64)]  # none of these is the paper's setting
+    )
+    costs = {
+        "unets": [
+            {"d": 128, "bottleneck_state_bytes": 889_872, "payload_bytes_fp32": 890_500},
+            {"d": 1024, "bottleneck_state_bytes": 56_664_080, "payload_bytes_fp32": 60_000_000},  # apart, to tell them apart
+        ],
+        "backbones": [{"architecture": "vgg16", "fedavg_payload_bytes_fp32": 58_900_000}],
+        "width": 1.0,
+        "geometry": [3, 32, 32],
+    }
+    t = paper_vs_ours(runs, costs, "cmd", {"fusion": ["add"], "alpha": [0.5]})
+    assert list(t.columns) == ["claim", "paper", "ours", "ours_std", "unit", "protocol", "dataset", "source", "command"]
+    assert list(dict.fromkeys(t["claim"])) == [c["claim"] for c in PAPER_CLAIMS]
+    assert dict(zip(t["claim"], t["paper"])) == {c["claim"]: c["paper"] for c in PAPER_CLAIMS}
+
+    compact = t[t["claim"] == "accuracy, heterogeneous VGGs, compact module"].reset_index(drop=True)
+    assert list(compact["ours"]) == pytest.approx([85.0, 42.5, 21.25])  # global, personalized, best global
+    std = pd.Series([0.8, 0.9]).std()  # sample std over the two seeds
+    assert list(compact["ours_std"]) == pytest.approx([100 * std, 50 * std, 25 * std])
+    assert compact["protocol"].str.contains("over 2 seeds, add fusion, a0.5").all()
+    standard = t[t["claim"] == "accuracy, heterogeneous VGGs, standard module"]
+    assert len(standard) == 1 and math.isnan(standard["ours"].item()) and "not run" in standard["protocol"].item()
+
+    full = t[t["claim"] == "communication per round, full synchronization"]
+    assert list(full["ours"]) == [56.66408, 60.0]  # bottleneck state_dict, serialized payload (MB)
+    saving = t[t["claim"] == "communication saved by the compact module"]
+    assert list(saving["ours"]) == pytest.approx([100 * (1 - 890_500 / 60_000_000), 100 * (1 - 890_500 / 58_900_000)])
+    costs["width"] = 0.125  # not the paper's VGG16: no saving against it
+    narrow = paper_vs_ours(runs, costs, "cmd", {"fusion": ["add"], "alpha": [0.5]})
+    assert (narrow["claim"] == "communication saved by the compact module").sum() == 1
+
+
+def test_every_figure_has_a_report_caption():
+    """`snakemake --report` fails on a figure without its caption (workflow/rules/common.smk, figure_output)."""
+    from fedunet.study import SUMMARY_FIGURES
+
+    captions = {p.stem for p in (REPO / "workflow" / "report").glob("*.rst")}
+    assert {"curves", "partition", "table", "workflow", *SUMMARY_FIGURES.values()} <= captions
+
+
 def test_dry_run_of_the_paper_study_opens_no_dataset(tmp_path):
     def no_data(cfg):
         cfg["base"]["dataset"].update(root=str(tmp_path / "no-such-dir"), download=False)
@@ -64,7 +121,13 @@ def test_dry_run_of_the_paper_study_opens_no_dataset(tmp_path):
     r = snakemake(tmp_path, "-n", "--configfile", str(cfg))
     assert r.returncode == 0, r.stderr + r.stdout
     counts = job_counts(r.stdout + r.stderr)
-    assert counts["train"] == 171 and counts["partition"] == 12 and counts["total"] > 180
+    # one job per run and per partition of the study's expansion (the schema's defaults filled in first)
+    study = yaml.safe_load(cfg.read_text())
+    validate(study, str(SCHEMA))
+    expanded = Study(study)
+    assert len(expanded.runs) > 150 and len(expanded.partitions) == 12  # 3 seeds x 4 alphas
+    assert counts["train"] == len(expanded.runs) and counts["partition"] == len(expanded.partitions)
+    assert counts["total"] == len(expanded.runs) + len(expanded.partitions) + 4  # costs, aggregate, figures, all
     assert not (tmp_path / "no-such-dir").exists()
 
 
@@ -92,27 +155,22 @@ def test_bad_study_config_fails_before_any_job(tmp_path, edit, fragments):
     assert not (tmp_path / "results").exists()
 
 
-EXPECTED_TABLES = [
-    "accuracy.csv",
-    "accuracy.md",
-    "communication.csv",
-    "communication.md",
-    "compute.csv",
-    "compute.md",
-    "paper_vs_ours.csv",
-    "paper_vs_ours.md",
-    "comparisons.csv",
-    "comparisons.md",
-    "readings.csv",
-    "readings.md",
-    "runs.csv",
-    "curves.csv",
-    "per_architecture.csv",
-    "provenance.json",
-]
-
-
 SMOKE_RUNS = 34  # config/smoke.yaml expanded (tests/test_study.py checks the expansion)
+SMOKE_ROUNDS = 3  # config/smoke.yaml: base.federated.rounds
+RESUMED = re.compile(r"resumed \S+ at round (\d+)")
+TIMING = re.compile(r"^(time_.*|elapsed_s)$")  # wall-clock columns: the only ones a resumed run may change
+
+
+def unfinished_checkpoint(runs: Path) -> bool:
+    """Whether some run has checkpointed a round before its last and not finished yet."""
+    for manifest in runs.glob("**/checkpoint.json"):
+        try:
+            latest = json.loads(manifest.read_text())["checkpoints"][0]["round"]
+        except (OSError, ValueError, KeyError, IndexError):
+            continue  # removed or replaced under us
+        if latest < SMOKE_ROUNDS and not (manifest.parent / "summary.json").exists():
+            return True
+    return False
 
 
 @pytest.fixture(scope="module")
@@ -120,13 +178,15 @@ def smoke(tmp_path_factory):
     """The smoke study run once, interrupted mid-way (SIGTERM) and run again to the end."""
     workdir = tmp_path_factory.mktemp("smoke")
     cfg = write_study(workdir)
+    assert yaml.safe_load(cfg.read_text())["base"]["federated"]["rounds"] == SMOKE_ROUNDS
     cmd = snakemake_command(workdir, "--cores", "2", "--configfile", str(cfg))
     runs = workdir / "results" / "smoke" / "runs"
     log = (workdir / "first-attempt.log").open("w")  # a file, not a pipe: a full pipe would stall snakemake
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    # Interrupt on observed progress (four finished runs), never after a fixed time.
-    while proc.poll() is None and len(list(runs.glob("**/summary.json"))) < 4:
-        time.sleep(0.2)
+    # Interrupt on observed progress, never after a fixed time: four finished runs, and a run
+    # caught between two checkpoints (so that the rerun resumes it mid-training).
+    while proc.poll() is None and not (len(list(runs.glob("**/summary.json"))) >= 4 and unfinished_checkpoint(runs)):
+        time.sleep(0.05)
     assert proc.poll() is None, "the smoke study ended before it could be interrupted:\n" + (workdir / "first-attempt.log").read_text()[-3000:]
     os.killpg(proc.pid, signal.SIGTERM)  # as a scheduler or Ctrl-C would
     proc.wait()
@@ -142,7 +202,7 @@ def smoke(tmp_path_factory):
 def test_smoke_study_makes_every_table_and_figure(smoke):
     workdir, _, _ = smoke
     out = workdir / "results" / "smoke"
-    for name in EXPECTED_TABLES:
+    for name in SMOKE_TABLES:
         assert (out / "tables" / name).stat().st_size > 0, name
     figures = sorted(p.name for p in (out / "figures").iterdir())
     assert "bottleneck_tradeoff.png" in figures and "per_architecture.pdf" in figures
@@ -174,7 +234,42 @@ def test_smoke_tables_count_divergence_convergence_and_pair_seeds(smoke):
     assert row["pairs"] == 2 and row["final_pers_acc_diff_pts"] == pytest.approx(diff.mean())
     readings = pd.read_csv(tables / "readings.csv")
     assert set(readings["reading"]) == {"add-decoder-linear", "add-bottleneck-linear", "add-decoder-conv"}
-    assert readings["pers_acc_unet_only_mean"].between(0, 1).all()
+    # each cell is its runs' own numbers averaged over seeds (runs.csv, from each summary.json)
+    exp = runs[runs["experiment"] == "readings"]
+    for _, cell in readings.iterrows():
+        mine = exp[(exp["archset"] == cell["archset"]) & (exp["reading"] == cell["reading"]) & (exp["method"] == cell["method"])]
+        assert cell["seeds"] == mine["seed"].nunique() == 2
+        for col in ("final_pers_acc", "pers_acc_unet_only", "pers_acc_backbone_only", "norm_unet"):
+            assert cell[f"{col}_mean"] == pytest.approx(mine[col].mean()), col
+
+
+def test_smoke_tables_hold_each_runs_summary(smoke):
+    """runs.csv is each run's summary.json, and a cell of accuracy.csv the mean of its runs."""
+    workdir, _, _ = smoke
+    out = workdir / "results" / "smoke"
+    runs = pd.read_csv(out / "tables" / "runs.csv")
+    for _, row in runs.drop_duplicates("run").iterrows():
+        final = json.loads((out / "runs" / row["run"] / "summary.json").read_text())["final"]
+        assert (row["final_pers_acc"], row["final_global_acc"]) == (final["pers_acc"], final["global_acc"]), row["run"]
+    acc = pd.read_csv(out / "tables" / "accuracy.csv")
+    cell = acc[(acc["experiment"] == "bottleneck") & (acc["method"] == "fedunet") & (acc["d"] == 16)].squeeze()
+    mine = runs[(runs["experiment"] == "bottleneck") & (runs["method"] == "fedunet") & (runs["d"] == 16)]
+    assert len(mine) == 2 and cell["final_global_acc_mean"] == pytest.approx(mine["final_global_acc"].mean())
+
+
+def test_smoke_scripts_log_what_they_wrote(smoke):
+    """aggregate.py and figures.py write their declared log: what they read and every file they wrote."""
+    workdir, _, _ = smoke
+    out = workdir / "results" / "smoke"
+    aggregate_log = (out / "logs" / "aggregate.log").read_text()
+    assert f"read {SMOKE_RUNS} runs" in aggregate_log
+    for name in SMOKE_TABLES:
+        if name.endswith(".csv"):
+            assert f"wrote {name} (" in aggregate_log, name
+    assert "wrote provenance.json" in aggregate_log
+    figures_log = (out / "logs" / "figures.log").read_text()
+    for png in (out / "figures").glob("*.png"):
+        assert f"wrote {png.name} and {png.stem}.pdf" in figures_log, png.name
 
 
 def test_interrupted_study_finishes_without_retraining_finished_runs(smoke):
@@ -186,25 +281,35 @@ def test_interrupted_study_finishes_without_retraining_finished_runs(smoke):
     assert not list((workdir / "results").glob("**/*.tmp")), "partial files left behind"
 
 
+def without_timing(csv: Path) -> pd.DataFrame:
+    table = pd.read_csv(csv)
+    return table.drop(columns=[c for c in table.columns if TIMING.match(c)])
+
+
 def test_interrupted_runs_match_uninterrupted_ones(smoke, monkeypatch):
-    """A run resumed by the workflow ends exactly where an uninterrupted run does."""
+    """A run resumed by the workflow mid-training ends exactly where an uninterrupted run does:
+    every round of metrics.csv and clients.csv equal but for wall-clock times."""
     workdir, _, _ = smoke
     monkeypatch.chdir(workdir)  # run configs name their partition relative to the study directory
     from fedunet.federated import train
 
     runs = workdir / "results" / "smoke" / "runs"
     logs = workdir / "results" / "smoke" / "logs" / "train"
-    every = sorted(p.parent for p in runs.glob("**/summary.json"))
-    resumed = [r for r in every if "resumed" in (logs / f"{r.relative_to(runs)}.log").read_text()]
-    checked = 0
-    for run in (resumed + [r for r in every if r not in resumed])[:2]:
+    resumed = {}
+    for summary in sorted(runs.glob("**/summary.json")):
+        run = summary.parent
+        found = RESUMED.findall((logs / f"{run.relative_to(runs)}.log").read_text())
+        if found and 1 <= int(found[-1]) < SMOKE_ROUNDS:
+            resumed[run] = int(found[-1])
+    assert resumed, "the interruption left no run to resume mid-training (see the smoke fixture)"
+    for run in list(resumed)[:2]:
         cfg = yaml.safe_load((run / "config.yaml").read_text())
-        reference = train(cfg, workdir / "reference" / run.relative_to(runs))
-        summary = json.loads((run / "summary.json").read_text())
-        assert summary["final"]["pers_acc"] == reference["final"]["pers_acc"]
-        assert summary["final"]["global_acc"] == reference["final"]["global_acc"]
-        checked += 1
-    assert checked == 2
+        reference = workdir / "reference" / run.relative_to(runs)
+        train(cfg, reference)
+        for name in ("metrics.csv", "clients.csv"):
+            ours, theirs = without_timing(run / name), without_timing(reference / name)
+            assert len(ours) >= SMOKE_ROUNDS, name  # a row per round (and client, in clients.csv)
+            pd.testing.assert_frame_equal(ours, theirs, check_exact=True, obj=f"{run.relative_to(runs)}/{name}")
 
 
 def test_html_report_has_every_figure_with_its_caption(smoke):
@@ -261,6 +366,8 @@ def test_changed_settings_rerun_exactly_the_affected_jobs(smoke, tmp_path):
     reordered = dry_run(lambda s: None)  # same settings, keys in another order: nothing to do
     assert not {"train", "partition"} & set(reordered), reordered
     lr = dry_run(lambda s: s["base"].setdefault("optimizer", {}).update(lr=0.02))
-    assert lr.get("train") == 26 and "partition" not in lr
+    assert lr.get("train") == SMOKE_RUNS and "partition" not in lr  # every run trains with it
+    cnn = dry_run(lambda s: s["architecture_sets"].update(cnn=["cnn", "cnn"]))
+    assert cnn.get("train") == 6 and "partition" not in cnn  # cnn x {fedunet, fedavg, local} x 2 seeds, no other run
     split = dry_run(lambda s: s["base"]["partition"].update(min_samples=21))
-    assert split.get("train") == 26 and split.get("partition") == 4
+    assert split.get("train") == SMOKE_RUNS and split.get("partition") == 4

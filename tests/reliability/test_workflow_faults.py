@@ -3,12 +3,9 @@ other jobs finish (--keep-going); nothing partial reaches results/."""
 
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import yaml
-
-REPO = Path(__file__).resolve().parents[2]
+from helpers import REPO, snakemake_command
 
 
 def test_failing_job_is_retried_then_reported_while_the_others_finish(tmp_path, counts):
@@ -18,22 +15,7 @@ def test_failing_job_is_retried_then_reported_while_the_others_finish(tmp_path, 
     cfg = tmp_path / "study.yaml"
     cfg.write_text(yaml.safe_dump(study))
     env = {**os.environ, "FEDUNET_FAULT_FAIL": "cnn/local/"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(tmp_path),
-        "--configfile",
-        str(cfg),
-        "--cores",
-        "2",
-        "--retries",
-        "1",
-        "--keep-going",
-    ]
+    cmd = snakemake_command(tmp_path, "--configfile", str(cfg), "--cores", "2", "--retries", "1", "--keep-going")
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     out = r.stdout + r.stderr
     counts["workflow jobs made to fail"] += 1

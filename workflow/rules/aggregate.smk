@@ -1,13 +1,4 @@
 # Costs of each backbone, then every finished run aggregated into the study's tables.
-TABLE_NAMES = ["accuracy", "communication", "compute", "paper_vs_ours"]
-if "heterogeneous" in config["experiments"]:
-    TABLE_NAMES.append("methods")
-TABLES = [f"{OUT}/tables/{name}.{ext}" for name in TABLE_NAMES for ext in ("csv", "md")]
-TABLES += [f"{OUT}/tables/{name}" for name in ("runs.csv", "curves.csv", "per_architecture.csv", "provenance.json")]
-FIRST_RUN = sorted(STUDY.runs)[0]
-STUDY_ARCHS = sorted({a for s in {k.archset for k in STUDY.runs} for a in config["architecture_sets"][s]})
-STUDY_D = sorted({k.d for k in STUDY.runs} | {128, 1024})
-CONFIG_FILES = [os.path.relpath(p) for p in workflow.overwrite_configfiles] or ["config/config.yaml"]
 
 
 rule costs:
@@ -22,6 +13,8 @@ rule costs:
         d=config["defaults"]["d"][0],
         measure="--measure" if config["compute"]["measure"] else "",
         device=config["compute"]["device"],
+        run_config=first_run_config,
+        python=python,
     log:
         f"{OUT}/logs/costs.log",
     threads: TRAIN["threads"]  # as many as a training job, so both measurements compare
@@ -30,9 +23,11 @@ rule costs:
         runtime=30,
         **(GPU if config["compute"]["device"].startswith("cuda") else {}),
         **SLURM,
+    conda:
+        ENV
     shell:
-        "{PYTHON} -m fedunet info --config {OUT}/runs/{FIRST_RUN.path}/run.yaml --d {params.d} --architectures {params.archs} --sizes {params.sizes}"
-        " {params.measure} --device {params.device} --threads {threads} --json {output} > {log} 2>&1"
+        "{params.python} -m fedunet info --config {params.run_config} --d {params.d} --architectures {params.archs}"
+        " --sizes {params.sizes} {params.measure} --device {params.device} --threads {threads} --json {output} > {log} 2>&1"
 
 
 localrules:
@@ -44,13 +39,13 @@ rule aggregate:
         summaries=SUMMARIES,  # metrics.csv and clients.csv are complete once these exist
         costs=f"{OUT}/tables/costs.json",
     output:
-        [report(t, caption="../report/table.rst", category="Tables") if t.endswith(".md") else t for t in TABLES],
+        [table_output(t) for t in TABLES],
     params:
         runs=STUDY.run_table(),
-        runs_dir=f"{OUT}/runs",
-        tables=f"{OUT}/tables",
         study={"name": STUDY.name, "config_files": CONFIG_FILES, "defaults": config["defaults"]},
     log:
         f"{OUT}/logs/aggregate.log",
+    conda:
+        ENV
     script:
         "../scripts/aggregate.py"

@@ -1,10 +1,12 @@
-# Expansion of the study grid, paths and resources shared by the rules.
+# What the rules share: the study grid, its paths, resources, and every helper function
+# (rule files hold rules only).
 import os
 import sys
 
 from snakemake.exceptions import WorkflowError
+from snakemake.settings.types import DeploymentMethod
 
-from fedunet.study import Study, StudyError
+from fedunet.study import RunKey, Study, StudyError
 
 try:
     STUDY = Study(config)
@@ -12,8 +14,8 @@ except StudyError as e:
     raise WorkflowError(str(e)) from None
 
 OUT = STUDY.out
-PYTHON = sys.executable  # the interpreter running snakemake also runs fedunet (venvs, SLURM nodes)
 RUN = "{archset}/{method}/d{d}-{fusion}-{alpha}/seed{seed}"
+ENV = "../envs/fedunet.yaml"  # the conda environment of every rule, relative to workflow/rules/
 
 wildcard_constraints:
     archset="|".join(sorted(config["architecture_sets"])),
@@ -25,13 +27,67 @@ wildcard_constraints:
     digest=r"[0-9a-f]{8}",
 
 
-def run_dir(key):
-    return f"{OUT}/runs/{key.path}"
+# ------------------------------------------------------------------ paths
 
-
-RUN_DIRS = [run_dir(k) for k in sorted(STUDY.runs)]
-SUMMARIES = [f"{d}/summary.json" for d in RUN_DIRS]
+SUMMARIES = [f"{OUT}/runs/{k.path}/summary.json" for k in sorted(STUDY.runs)]
 PARTITION_COUNTS = [f"{OUT}/partitions/{p}.counts.csv" for p in STUDY.partitions]
+TABLE_NAMES = ["accuracy", "communication", "compute", "paper_vs_ours"]
+if "heterogeneous" in config["experiments"]:
+    TABLE_NAMES.append("methods")
+TABLES = [f"{OUT}/tables/{name}.{ext}" for name in TABLE_NAMES for ext in ("csv", "md")]
+TABLES += [f"{OUT}/tables/{name}" for name in ("runs.csv", "curves.csv", "per_architecture.csv", "provenance.json")]
+FIGURES = [f"{OUT}/figures/{name}.{ext}" for name in STUDY.figure_names() for ext in ("png", "pdf")]
+# measured by the costs job: every backbone of the study, every d of the study plus the paper's two
+STUDY_ARCHS = sorted({a for s in {k.archset for k in STUDY.runs} for a in config["architecture_sets"][s]})
+STUDY_D = sorted({k.d for k in STUDY.runs} | {128, 1024})
+CONFIG_FILES = [os.path.relpath(p) for p in workflow.overwrite_configfiles] or ["config/config.yaml"]
+
+# ------------------------------------------------------------------ resources
+
+TRAIN = config["resources"]["train"]
+GPU = {"gpu": TRAIN["gpu"]} if TRAIN["gpu"] else {}
+if TRAIN["gpu"] and TRAIN["gpu_model"]:
+    GPU["gpu_model"] = TRAIN["gpu_model"]
+
+
+def slurm_resources():
+    """Partition and account from the study config, else the environment, else the cluster's defaults."""
+    slurm = config["resources"]["slurm"]
+    out = {}
+    partition = slurm["partition"] or os.environ.get("FEDUNET_SLURM_PARTITION")
+    account = slurm["account"] or os.environ.get("FEDUNET_SLURM_ACCOUNT")
+    if partition:
+        out["slurm_partition"] = partition
+    if account:
+        out["slurm_account"] = account
+    return out
+
+
+SLURM = slurm_resources()
+
+# The conda environment (workflow/envs/fedunet.yaml) installs this checkout from here.
+os.environ.setdefault("FEDUNET_BENCH_ROOT", os.path.dirname(os.path.abspath(workflow.basedir)))
+
+
+# ------------------------------------------------------------------ functions used by the rules
+
+
+def python(wildcards, input):
+    """The interpreter that runs fedunet: the rule's conda environment's under `--sdm conda`, else
+    the one running snakemake (a virtual environment's; SLURM jobs run that one too).  Taking
+    `input` makes it a derived param, which Snakemake leaves out of its params rerun trigger:
+    another interpreter path (another checkout or venv) is not another computation."""
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+        return "python"
+    return sys.executable
+
+
+def key_of(wildcards):
+    return RunKey(wildcards.archset, wildcards.method, int(wildcards.d), wildcards.fusion, wildcards.alpha, int(wildcards.seed))
+
+
+def run_dir(wildcards):
+    return f"{OUT}/runs/{key_of(wildcards).path}"
 
 
 def partition_of(wildcards):
@@ -51,28 +107,29 @@ def as_yaml(obj):
     return yaml.safe_dump(obj, sort_keys=True)
 
 
-def key_of(wildcards):
-    from fedunet.study import RunKey
-
-    return RunKey(wildcards.archset, wildcards.method, int(wildcards.d), wildcards.fusion, wildcards.alpha, int(wildcards.seed))
+def run_config_yaml(wildcards):
+    return as_yaml(STUDY.run_config(key_of(wildcards)))
 
 
-def slurm_resources():
-    """Partition and account from the study config, else the environment, else the cluster's defaults."""
-    slurm = config["resources"]["slurm"]
-    out = {}
-    partition = slurm["partition"] or os.environ.get("FEDUNET_SLURM_PARTITION")
-    account = slurm["account"] or os.environ.get("FEDUNET_SLURM_ACCOUNT")
-    if partition:
-        out["slurm_partition"] = partition
-    if account:
-        out["slurm_account"] = account
-    return out
+def partition_config_yaml(wildcards):
+    return as_yaml(partition_config_checked(wildcards))
 
 
-SLURM = slurm_resources()
-TRAIN = config["resources"]["train"]
-GPU = {"gpu": TRAIN["gpu"]} if TRAIN["gpu"] else {}
+def first_run_config(wildcards, input):
+    """The run.yaml beside the first run's summary: the settings `fedunet info` measures with."""
+    return os.path.join(os.path.dirname(input.runs[0]), "run.yaml")
 
-if TRAIN["gpu"] and TRAIN["gpu_model"]:
-    GPU["gpu_model"] = TRAIN["gpu_model"]
+
+def table_output(path):
+    if path.endswith(".md"):
+        return report(path, caption="../report/table.rst", category="Tables")
+    return path
+
+
+def figure_output(path):
+    name = os.path.basename(path).rsplit(".", 1)[0]
+    kind = name.split("_", 1)[0]
+    caption = {"curves": "curves", "partition": "partition"}.get(kind, name)
+    if path.endswith(".png"):
+        return report(path, caption=f"../report/{caption}.rst", category="Figures", subcategory=kind)
+    return path

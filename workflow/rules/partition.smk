@@ -8,8 +8,9 @@ rule partition:
         partition=f"{OUT}/partitions/{{alpha}}-s{{seed}}-{{digest}}.bin",
         counts=f"{OUT}/partitions/{{alpha}}-s{{seed}}-{{digest}}.counts.csv",
     params:
-        config=lambda w: as_yaml(partition_config_checked(w)),
+        config=partition_config_yaml,
         config_file=f"{OUT}/partitions/{{alpha}}-s{{seed}}-{{digest}}.yaml",
+        python=python,
     log:
         f"{OUT}/logs/partition/{{alpha}}-s{{seed}}-{{digest}}.log",
     threads: 1
@@ -17,7 +18,9 @@ rule partition:
         mem_mb=2000,
         runtime=10,
         **SLURM,
+    conda:
+        ENV
     shell:
         "echo {params.config:q} > {params.config_file} && "
-        "{PYTHON} -m fedunet partition --config {params.config_file} --out {output.partition} --counts {output.counts}"
+        "{params.python} -m fedunet partition --config {params.config_file} --out {output.partition} --counts {output.counts}"
         " > {log} 2>&1"

@@ -15,8 +15,9 @@ rule train:
         # run.yaml, metrics.csv and clients.csv (written every round) sit beside it.
         summary=f"{OUT}/runs/{RUN}/summary.json",
     params:
-        config=lambda w: as_yaml(STUDY.run_config(key_of(w))),
-        run_dir=lambda w: f"{OUT}/runs/{key_of(w).path}",
+        config=run_config_yaml,
+        run_dir=run_dir,
+        python=python,
     log:
         f"{OUT}/logs/train/{RUN}.log",
     threads: TRAIN["threads"]
@@ -25,8 +26,10 @@ rule train:
         runtime=TRAIN["runtime"],
         **GPU,
         **SLURM,
+    conda:
+        ENV
     shell:
         "mkdir -p {params.run_dir} && echo {params.config:q} > {params.run_dir}/run.yaml && "
-        "{PYTHON} -m fedunet train --config {params.run_dir}/run.yaml --out {params.run_dir} --resume --restart-stale"
+        "{params.python} -m fedunet train --config {params.run_dir}/run.yaml --out {params.run_dir} --resume --restart-stale"
         " --set partition.file={input.partition} --set runtime.threads={threads} > {log} 2>&1"
         " || {{ echo 'fedunet train failed; last lines of {log}:' >&2; tail -n 5 {log} >&2; exit 1; }}"

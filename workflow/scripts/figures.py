@@ -10,9 +10,11 @@
   as a U-Net-alone bar at chance and a ratio near zero);
 * ``partition_<alpha>-s<seed>``: the class distribution of each partition as a heatmap.
 
-Run as a Snakemake script, or import :func:`make_figures` from tests.
+Run as a Snakemake script (each figure written is logged to the rule's log), or import
+:func:`make_figures` from tests.
 """
 
+import logging
 import math
 import re
 from pathlib import Path
@@ -30,6 +32,7 @@ from fedunet.study import SUMMARY_FIGURES  # noqa: E402
 PROTOCOLS = (("pers_acc", "personalized (own held-out split)"), ("global_acc", "global (full test set)"))
 AXES = ("archset", "method", "d", "fusion", "alpha")
 plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "font.size": 10, "axes.grid": True, "grid.alpha": 0.3})
+log = logging.getLogger("figures")
 
 
 def save(fig, figures: Path, name: str, footer: str) -> None:
@@ -37,6 +40,7 @@ def save(fig, figures: Path, name: str, footer: str) -> None:
     for ext in ("png", "pdf"):
         fig.savefig(figures / f"{name}.{ext}", bbox_inches="tight")
     plt.close(fig)
+    log.info("wrote %s.png and %s.pdf", name, name)
 
 
 def label(row: pd.Series, varying: list[str]) -> str:
@@ -244,6 +248,7 @@ def make_figures(tables: Path, figures: Path, counts: list[Path], footer: str) -
     curves = pd.read_csv(tables / "curves.csv")
     per_arch = pd.read_csv(tables / "per_architecture.csv")
     experiments = set(runs["experiment"])
+    log.info("read %d runs of experiments %s from %s", runs["run"].nunique(), ", ".join(sorted(experiments)), tables)
     for experiment in sorted(experiments):
         curves_figure(runs, curves, experiment, figures, footer)
     makers = {
@@ -261,6 +266,16 @@ def make_figures(tables: Path, figures: Path, counts: list[Path], footer: str) -
         partition_figure(Path(path), figures, footer)
 
 
+def main(sm) -> None:
+    logging.basicConfig(filename=sm.log[0], filemode="w", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)  # ours at INFO; matplotlib and others only warn
+    try:
+        tables, figures = Path(sm.input.runs).parent, Path(sm.output[0]).parent
+        make_figures(tables, figures, [Path(p) for p in sm.input.counts], sm.params.footer)
+    except Exception:
+        log.exception("figures failed")
+        raise
+
+
 if "snakemake" in globals():
-    sm = globals()["snakemake"]
-    make_figures(Path(sm.params.tables), Path(sm.params.figures), [Path(p) for p in sm.input.counts], sm.params.footer)
+    main(globals()["snakemake"])

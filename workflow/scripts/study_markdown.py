@@ -1,0 +1,139 @@
+"""The study's tables rendered as Markdown, each with a note on what it shows and a provenance
+footer (which runs, commits, devices and seeds produced it)."""
+
+import math
+
+import pandas as pd
+from study_tables import GROUP, METRICS
+
+
+def markdown(df: pd.DataFrame, title: str, note: str, prov: dict, percent: tuple[str, ...] = ()) -> str:
+    cols = list(df.columns)
+    lines = [f"# {title}", "", note, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(_cell(r[c], c in percent) for c in cols) + " |")
+    lines += ["", _footer(prov)]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(v, percent: bool) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "-"
+        if percent:
+            return f"{100 * v:.2f}"
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+    return str(v)
+
+
+def _footer(prov: dict) -> str:
+    dirty = f", {prov['dirty_runs']} run(s) from a modified checkout" if prov["dirty_runs"] else ""
+    return (
+        f"*Ours, produced by the pipeline (workflow/scripts/aggregate.py) on {prov['generated']} from {prov['runs']} runs "
+        f"of study `{prov['study']}` ({', '.join(prov['config_files'])}); datasets: {', '.join(prov['datasets'])}; "
+        f"seeds {prov['seeds']}; commits {', '.join(prov['commits'])}{dirty}; devices: {'; '.join(prov['devices'])}; "
+        f"torch {', '.join(prov['torch'])}. Per-run provenance: provenance.json.*"
+    )
+
+
+ACCURACY_NOTE = (
+    "Accuracy (%) as mean ± std over seeds (sample std). Personalized: each client on its own held-out split, "
+    "sample-weighted (HtFLlib protocol). Global: each client model on the full test set, averaged over clients "
+    "(NIID-Bench protocol). The final round is the primary figure; the best round is chosen on validation splits "
+    "carved from each client's training data, never on either test set (HtFLlib picks it on the test split). "
+    "`diverged`: runs flagged as diverged (kept in the mean); `flattened`: runs whose last-5-round mean moved "
+    "< 0.5 point from the 5 rounds before, on both protocols."
+)
+
+
+def _with_accuracy_columns(show: pd.DataFrame, t: pd.DataFrame) -> pd.DataFrame:
+    for col, label in METRICS.items():
+        show[label + " (%)"] = [
+            "-" if math.isnan(m) else f"{100 * m:.2f} ± {100 * s:.2f}" for m, s in zip(t[f"{col}_mean"], t[f"{col}_std"])
+        ]
+    return show
+
+
+def accuracy_markdown(t: pd.DataFrame, prov: dict) -> str:
+    show = t[GROUP + ["seeds", "rounds", "diverged", "flattened"]].copy()
+    return markdown(_with_accuracy_columns(show, t), "Accuracy", ACCURACY_NOTE, prov)
+
+
+def comparisons_markdown(t: pd.DataFrame, prov: dict) -> str:
+    show = t[["experiment", "archset", "alpha", "d", "fusion", "versus", "pairs", "diverged"]].copy()
+    for col, label in (("final_pers_acc", "personalized"), ("final_global_acc", "global")):
+        show[f"FedUNet - X, {label} (pts, 95% CI)"] = [
+            "-" if math.isnan(m) else f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]{' *' if holds else ''}"
+            for m, lo, hi, holds in zip(
+                t[f"{col}_diff_pts"], t[f"{col}_ci_low"], t[f"{col}_ci_high"], t[f"{col}_holds"]
+            )
+        ]
+    note = (
+        "Paired differences of final-round accuracy, FedUNet minus the method in `versus`, over the seeds both ran "
+        "(same partition and seed), in percentage points with a 95% Student-t interval; `*` marks an interval that "
+        "excludes zero. `diverged`: runs flagged as diverged, FedUNet/other (they stay in the difference)."
+    )
+    return markdown(show, "FedUNet against each method (paired over seeds)", note, prov)
+
+
+def readings_markdown(t: pd.DataFrame, prov: dict) -> str:
+    show = t[["archset", "reading", "method", "seeds", "diverged"]].copy()
+    for col, label in (
+        ("final_pers_acc", "personalized (%)"),
+        ("final_global_acc", "global (%)"),
+        ("pers_acc_backbone_only", "backbone path alone (%)"),
+        ("pers_acc_unet_only", "U-Net path alone (%)"),
+    ):
+        show[label] = [
+            "-" if pd.isna(m) else f"{100 * m:.2f} ± {100 * (0 if pd.isna(s) else s):.2f}"
+            for m, s in zip(t[f"{col}_mean"], t[f"{col}_std"])
+        ]
+    show["U-Net / backbone norm"] = [
+        "-" if pd.isna(u) else f"{u / b:.3f}" for u, b in zip(t["norm_unet_mean"], t["norm_backbone_mean"])
+    ]
+    note = (
+        "Fusion readings (`mode-source-head`, see the README): final round, mean ± std over seeds. Each path alone: "
+        "personalized accuracy with the other path zeroed at the classifier input. Norm ratio: mean L2 norm of the "
+        "U-Net's contribution over the backbone's at the classifier input. `local` trains the same model without sharing."
+    )
+    return markdown(show, "Fusion readings and whether the U-Net path is used", note, prov)
+
+
+def methods_markdown(t: pd.DataFrame, prov: dict) -> str:
+    show = t[["archset", "method", "seeds", "rounds"]].copy()
+    show = _with_accuracy_columns(show, t)
+    show["MB up / client / round"] = [f"{v:.4g}" for v in t["mb_up_per_client"]]
+    show["MB down / client / round"] = [f"{v:.4g}" for v in t["mb_down_per_client"]]
+    note = (
+        "Every method in the heterogeneous experiment, sorted by final global accuracy within each set of client "
+        "architectures. " + ACCURACY_NOTE + " Traffic: lengths of the real serialized payloads (MB = 10^6 bytes)."
+    )
+    return markdown(show, "Methods", note, prov)
+
+
+
+
+def communication_markdown(t: pd.DataFrame, prov: dict) -> str:
+    note = (
+        "MB = 10^6 bytes of the real serialized payloads, per client per round (up, down) and per "
+        "round over all clients. FedAvg = the whole backbone + classifier of that client sent instead (fp32)."
+    )
+    return markdown(t, "Communication", note, prov)
+
+
+def compute_markdown(t: pd.DataFrame, d: int, prov: dict) -> str:
+    note = (
+        f"Training FLOPs per sample (forward + backward, torch FlopCounterMode) of each backbone alone and "
+        f"with the d={d} U-Net; images/s from a microbenchmark (`fedunet info --measure`, batch 64) and as "
+        "measured inside the study's runs (per client, local training only). The U-Net is light in traffic, not in compute."
+    )
+    return markdown(t, "Compute", note, prov)
+
+
+def paper_vs_ours_markdown(t: pd.DataFrame, prov: dict) -> str:
+    note = (
+        "`paper`: the values stated by Seo, Lee, Park (arXiv 2508.12740), not reproduced by us. "
+        "`ours`: produced by this pipeline; accuracy on our dataset and protocol (see columns), so a gap may reflect the "
+        "dataset and settings rather than the method."
+    )
+    return markdown(t, "Paper vs ours", note, prov)
