@@ -5,6 +5,8 @@ cycling narrow VGG11/13/16/19, d=64 U-Net, batch 64); ``small`` is a tiny synthe
 setting that runs every check once in CI.
 """
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,9 @@ from torch.utils.data import DataLoader
 from fedunet import config
 from fedunet.data import DEBIAN_FASHION_MNIST, eval_batches
 from fedunet.federated import Simulation
+
+# the device every benchmark here trains on (pytest benchmarks --bench-device cuda)
+DEVICE = os.environ.get("FEDUNET_BENCH_DEVICE", "cpu")
 
 
 def settings(bench_size: str, **overrides) -> dict:
@@ -45,7 +50,9 @@ def settings(bench_size: str, **overrides) -> dict:
     raw.setdefault("training", {}).update(batch_size=64, crop_padding=2)
     raw["federated"] = {"rounds": 1000}  # rounds are driven by hand; never the last, so no evaluation inside
     raw["eval"] = {"every": 1000}
-    raw["runtime"] = {"device": "cpu", "progress": False, "checkpoint_every": 0}
+    raw["runtime"] = {"device": os.environ.get("FEDUNET_BENCH_DEVICE", DEVICE), "progress": False, "checkpoint_every": 0}
+    if os.environ.get("FEDUNET_BENCH_THREADS"):  # e.g. 1 on a shared CI machine (scripts/device-check.sh --dry)
+        raw["runtime"]["threads"] = int(os.environ["FEDUNET_BENCH_THREADS"])
     for key, value in overrides.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
     return config.validate(raw)
@@ -125,7 +132,7 @@ def test_engine_and_reference_aggregate_the_same_bottleneck(bench_size, tmp_path
     cfg = settings(
         bench_size,
         training={"crop_padding": 0, "flip": False},
-        runtime={"device": "cpu", "progress": False, "checkpoint_every": 0, "channels_last": False},
+        runtime={"device": DEVICE, "progress": False, "checkpoint_every": 0, "channels_last": False, "bf16": False},
         **({"dataset": {"max_train": 2000}} if bench_size == "full" else {}),
     )
     sim = simulation(tmp_path, cfg)
@@ -164,13 +171,16 @@ def test_engine_throughput(benchmark, bench_size, tmp_path, impl):
     y_all = sim.data.train_labels[client.loader.indices]
     bs = sim.cfg["training"]["batch_size"]
 
-    def bare_epoch():
+    def bare_epoch():  # the same precision as the engine (bf16 autocast on CUDA)
         model.train()
         for i in range(0, len(y_all) - 1, bs):
-            loss = F.cross_entropy(model(x_all[i : i + bs]), y_all[i : i + bs])
+            with client.autocast():
+                loss = F.cross_entropy(model(x_all[i : i + bs]), y_all[i : i + bs])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if x_all.is_cuda:  # the engine's epoch ends with one sync (its loss read once)
+            torch.cuda.synchronize()
 
     benchmark.pedantic(bare_epoch, rounds=3 if bench_size == "full" else 1, warmup_rounds=1)
 
@@ -189,6 +199,8 @@ def test_data_path(benchmark, bench_size, tmp_path, impl):
             for c in sim.clients:
                 for batch in c.loader:
                     last = batch[0]
+            if last.is_cuda:
+                torch.cuda.synchronize()
             return last
     else:
         dataset = ImageFolderLike(sim.data.train_images, sim.data.train_labels, transforms_for(sim, augment=True))

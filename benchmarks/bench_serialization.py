@@ -2,6 +2,7 @@
 through BytesIO, safetensors, and a plain copy of the same bytes (the memcpy limit)."""
 
 import io
+import os
 
 import pytest
 import torch
@@ -73,3 +74,53 @@ def test_serialization(benchmark, bench_size, impl, d, dtype):
             assert back[name].dtype == t.dtype and torch.equal(back[name], t), name  # exact, fp32 included
         if dtype == "float32":
             assert all(torch.equal(back[n], tensors[n]) for n in tensors)
+
+
+DEVICE = os.environ.get("FEDUNET_BENCH_DEVICE", "cpu")
+
+
+@pytest.mark.parametrize("impl", ["ours", "torch", "memcpy"])
+@pytest.mark.parametrize("d", SIZES)
+def test_serialization_from_device_memory(benchmark, bench_size, impl, d):
+    """A client's upload as the engine makes it on a GPU: the bottleneck read from device memory
+    into the payload (ours: Encoder, one copy per tensor; torch: torch.save of the device tensors),
+    then decoded on the host; memcpy: one device-to-host copy of the same bytes (the limit).
+    On a CPU-only machine the "device" is the CPU (the check that the code runs)."""
+    if bench_size == "small" and d > 128:
+        pytest.skip("full size only")
+    tensors = {k: v.to(DEVICE) for k, v in bottleneck(d).items()}
+    spec = PayloadSpec.for_tensors(tensors, "float32")
+    nbytes = len(encode(tensors, float_dtype="float32"))
+
+    def synced(fn):
+        def run():
+            out = fn()
+            if DEVICE.startswith("cuda"):
+                torch.cuda.synchronize()
+            return out
+
+        return run
+
+    if impl == "ours":
+        encoder = Encoder()
+
+        def roundtrip():
+            return decode(encoder.encode(tensors, float_dtype="float32"), spec)[0]
+    elif impl == "torch":
+
+        def roundtrip():
+            buf = io.BytesIO()
+            torch.save(tensors, buf)
+            return torch.load(io.BytesIO(buf.getvalue()), weights_only=True, map_location="cpu")
+    else:
+        src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8, device=DEVICE)
+        dst = torch.empty(nbytes, dtype=torch.uint8)
+
+        def roundtrip():
+            return dst.copy_(src)
+
+    benchmark.group = "serialization-device"
+    benchmark.extra_info.update(case=f"d{d}-float32-{DEVICE}", impl=impl, bytes=nbytes)
+    out = benchmark(synced(roundtrip))
+    if impl != "memcpy":
+        assert all(torch.equal(out[n].cpu(), tensors[n].cpu()) for n in tensors)

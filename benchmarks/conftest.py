@@ -7,9 +7,12 @@ benchmark body runs once for its correctness assertions and no goal is evaluated
 
     bash scripts/bench.sh                                  # full sizes, JSON + Markdown into benchmarks/results/
     .venv/bin/python -m pytest benchmarks                   # fast mode: small sizes, timing disabled (part of CI)
+    .venv/bin/python -m pytest benchmarks --bench-device cuda ...   # the same on a GPU (scripts/device-check.sh)
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 from goals import CHECKS
@@ -25,6 +28,23 @@ GOALS = [
     ("engine round >= 2x faster than the reference loop (CPU)", "engine-round", "reference", "ours", 2.0, "all"),
     ("engine local training >= 85% of a bare loop (CPU)", "engine-throughput", "bare", "ours", 0.85, "all"),
 ]
+# On a GPU the engine's goals are its own, and payloads are serialized from device memory.
+GPU_GOALS = GOALS[:3] + [
+    ("engine round >= 5x faster than the reference loop (GPU)", "engine-round", "reference", "ours", 5.0, "all"),
+    ("engine local training >= 70% of a bare loop (GPU)", "engine-throughput", "bare", "ours", 0.70, "all"),
+    (
+        "serialization from device memory >= 50% of a device-to-host copy (largest payload)",
+        "serialization-device",
+        "memcpy",
+        "ours",
+        0.5,
+        "largest",
+    ),
+]
+
+
+def goals() -> list[tuple]:
+    return GPU_GOALS if os.environ.get("FEDUNET_BENCH_DEVICE", "cpu").startswith("cuda") else GOALS
 
 
 def pytest_addoption(parser):
@@ -35,6 +55,18 @@ def pytest_addoption(parser):
         help="small: tiny synthetic inputs, each benchmark once for correctness (the default, run by "
         "the test suite); full: the published sizes (scripts/bench.sh)",
     )
+    parser.addoption(
+        "--bench-device",
+        default=None,
+        help="device the engine benchmarks train on and payloads are serialized from (default cpu; "
+        "or $FEDUNET_BENCH_DEVICE): cuda on a GPU machine (scripts/device-check.sh)",
+    )
+
+
+def pytest_configure(config):
+    device = config.getoption("--bench-device", default=None)
+    if device:
+        os.environ["FEDUNET_BENCH_DEVICE"] = device
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +87,7 @@ def evaluate_goals(benchmarks) -> list[dict]:
         if "case" in info and _median(b):
             by_case.setdefault((b.group, info["case"]), {})[info["impl"]] = b
     results = []
-    for goal, group, slow, fast, minimum, which in GOALS:  # slow: the reference, fast: ours
+    for goal, group, slow, fast, minimum, which in goals():  # slow: the reference, fast: ours
         cases = {c: impls for (g, c), impls in by_case.items() if g == group and slow in impls and fast in impls}
         if which == "largest" and cases:
             largest = max(cases, key=lambda c: cases[c][fast].extra_info.get("bytes", 0))
@@ -83,6 +115,7 @@ def evaluate_goals(benchmarks) -> list[dict]:
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     output_json["goals"] = evaluate_goals(benchmarks) + CHECKS
     output_json["bench_size"] = config.getoption("--bench-size")
+    output_json["bench_device"] = os.environ.get("FEDUNET_BENCH_DEVICE", "cpu")
     # --benchmark-json always includes every round's raw timing (hundreds of thousands for the
     # microsecond cases: 35 MB a run); the committed results keep the summary statistics only.
     for bench in output_json["benchmarks"]:

@@ -76,6 +76,7 @@ class ReferenceFL:
     def __init__(self, sim: Simulation, augment: bool = True, orders: dict[int, list[list[int]]] | None = None):
         self.sim = sim
         self.cfg = sim.cfg
+        self.device = sim.rt.device  # on a GPU: CPU data loading, then each batch copied over, as such code does
         self.dir = tempfile.mkdtemp(prefix="fedunet-reference-")
         cpu = sim.data.to("cpu")
         dataset = ImageFolderLike(cpu.train_images, cpu.train_labels, transforms_for(sim, augment))
@@ -118,14 +119,16 @@ class ReferenceFL:
             state = model.state_dict()
             for k, v in copy.deepcopy(self.global_state).items():  # receive the global bottleneck
                 state[k].copy_(v)
+            model = model.to(self.device)
             opt = make_optimizer(model.parameters(), self.cfg)
             if c["optimizer_state"] is not None:
-                opt.load_state_dict(torch.load(c["optimizer_state"]))
+                opt.load_state_dict(torch.load(c["optimizer_state"], map_location=self.device))
             model.train()
             for _ in range(self.cfg["federated"]["local_epochs"]):
                 for x, y in c["loader"]:
                     if len(y) < 2:
                         continue
+                    x, y = x.to(self.device), y.to(self.device)
                     loss = F.cross_entropy(model(x), y)
                     opt.zero_grad()
                     loss.backward()
@@ -134,7 +137,7 @@ class ReferenceFL:
             c["optimizer_state"] = c["path"] + ".opt"
             torch.save(opt.state_dict(), c["optimizer_state"])
             uploads.append(
-                (c["weight"], copy.deepcopy({k: v for k, v in model.state_dict().items() if k.startswith(self.prefix)}))
+                (c["weight"], copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items() if k.startswith(self.prefix)}))
             )
         total = sum(w for w, _ in uploads)
         new = {}
@@ -154,5 +157,5 @@ class ReferenceFL:
             state = model.state_dict()
             for k, v in self.global_state.items():
                 state[k].copy_(v)
-            out.append(model)
+            out.append(model.to(self.device))
         return out

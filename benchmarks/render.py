@@ -4,8 +4,8 @@ Ratios against the goals first, then the absolute figures with the machine they 
 measured on. Every number comes from the JSON files; nothing is typed in by hand.
 """
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -19,7 +19,18 @@ def machine(data: dict) -> str:
     return f"{gpu} GPU" if gpu else f"{cpu}, {cores} cores"
 
 
-def render(paths: list[Path]) -> str:
+def is_benchmark_run(path: Path) -> bool:
+    """pytest-benchmark output (not a profile, paper-setting, estimate or device-check file)."""
+    if path.name.startswith(("profile-", "paper-setting-", "estimate-", "device-check-")):
+        return False
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and "benchmarks" in data and "machine_info" in data
+
+
+def render(paths: list[Path], results: Path = RESULTS) -> str:
     lines = [
         "# Benchmark results",
         "",
@@ -65,10 +76,12 @@ def render(paths: list[Path]) -> str:
             "## GPU",
             "",
             "No results from a GPU yet: the GPU goals (engine round >= 5x the reference loop, local "
-            "training >= 70% of a bare loop) are not measured. Run `bash scripts/bench.sh` on a CUDA machine to add them.",
+            "training >= 70% of a bare loop, serialization from device memory >= 50% of a device-to-host copy) "
+            "are not measured. Run `bash scripts/device-check.sh` on a CUDA machine to add them.",
             "",
         ]
-    profiles = sorted(RESULTS.glob("profile-*.json"))
+    lines += device_sections(results)
+    profiles = sorted(results.glob("profile-*.json"))
     if profiles:
         lines += profile_section(profiles[-1])
     analysis = Path(__file__).resolve().parent / "missed_goals.md"
@@ -103,7 +116,92 @@ def profile_section(path: Path) -> list[str]:
     return lines
 
 
+def _gb(x) -> str:
+    return "-" if x is None else f"{x / 1e9:.2f}"
+
+
+def device_sections(results: Path) -> list[str]:
+    """scripts/device-check.sh's files: the paper's setting timed, the study's estimated cost, the stages."""
+    lines: list[str] = []
+    for path in sorted(results.glob("paper-setting-*.json")):
+        data = json.loads(path.read_text())
+        dev, prov = data["device"], data["provenance"]
+        lines += [
+            f"## Paper setting: {path.name}",
+            "",
+            f"`benchmarks/paper_setting.py`{' --dry (tiny sizes)' if data.get('dry') else ''} on {dev.get('name', '?')} "
+            f"({dev.get('type', '?')}{', CUDA ' + str(dev['cuda']) if dev.get('cuda') else ''}); torch "
+            f"{prov['packages'].get('torch', '?')}; commit {str(prov['git'].get('commit', '?'))[:12]}; {prov['date']}. "
+            "Seconds per round are the mean over the rounds (the first includes warm-up); the estimate is "
+            "`fedunet estimate`'s prediction of the same run from throughput measured on the same device.",
+            "",
+            "| d | clients | width | data | rounds | s/round | train s | eval s | train img/s | peak device GB | peak host GB "
+            "| estimated / measured |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in data["runs"]:
+            n = len(r["round_s"])
+            est = r.get("estimate", {}).get("ratio_to_measured")
+            est = "-" if est is None else f"{est:.2f}"
+            lines.append(
+                f"| {r['d']} | {r['clients']} | {r['width']} | {r['dataset']} | {r['rounds']} | {sum(r['round_s']) / n:.2f} "
+                f"| {sum(r['train_s']) / n:.2f} | {sum(r['eval_s']) / n:.2f} | {r['train_images_per_s']:,.0f} "
+                f"| {_gb(r.get('peak_device_bytes'))} | {_gb(r.get('peak_host_bytes'))} | {est} |"
+            )
+        lines.append("")
+    for path in sorted(results.glob("estimate-*.json")):
+        data = json.loads(path.read_text())
+        t, prices = data["totals"], data["prices"]
+        gpu = prices["device"].startswith("cuda")
+        unit = "GPU-hours" if gpu else "job-hours"
+        lines += [
+            f"## Study cost: {path.name}",
+            "",
+            f"`fedunet estimate {data['config']}` with images/s {prices['source']} "
+            f"({len(prices['models'])} distinct models); {data['provenance']['date']}. Total: **{t['job_s'] / 3600:.1f} {unit}** "
+            f"for {int(t['runs'])} runs (rounds alone {t['wall_s'] / 3600:.1f} h), peak device memory per job "
+            f"{_gb(t['peak_device_bytes'])} GB, host {_gb(t['peak_host_bytes'])} GB; per job ask for "
+            + ", ".join(f"{k} {v}" for k, v in data["slurm"].items())
+            + ".",
+            "",
+            f"| experiment | runs | train PFLOP | eval PFLOP | {unit} | longest job (min) | peak device GB |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, e in sorted(data["experiments"].items()):
+            lines.append(
+                f"| {name} | {int(e['runs'])} | {e['train_flops'] / 1e15:.3f} | {e['eval_flops'] / 1e15:.3f} "
+                f"| {e['job_s'] / 3600:.2f} | {e['longest_job_s'] / 60:.1f} | {_gb(e['peak_device_bytes'])} |"
+            )
+        lines.append("")
+    for path in sorted(results.glob("device-check-*.json")):
+        data = json.loads(path.read_text())
+        tests = data.get("cuda_tests", [])
+        counts = {o: sum(1 for t in tests if t["outcome"] == o) for o in ("passed", "failed", "error", "skipped")}
+        lines += [
+            f"## Device check: {path.name}",
+            "",
+            f"`bash scripts/device-check.sh{' --dry' if data.get('dry') else ''}` on {data['device_label']}: "
+            f"{data['total_s']} s of a {data['budget_s']} s budget. CUDA-marked tests: "
+            + ", ".join(f"{n} {o}" for o, n in counts.items() if n)
+            + ".",
+            "",
+            "| stage | exit code | seconds |",
+            "|---|---|---|",
+        ]
+        for st in data["stages"]:
+            rc = "skipped" if st.get("skipped") else st["rc"]
+            lines.append(f"| {st['stage']} | {rc} | {st['seconds']} |")
+        failed = [t for t in tests if t["outcome"] in ("failed", "error")]
+        if failed:
+            lines += ["", "Failed: " + ", ".join(f"`{t['test']}`" for t in failed) + "."]
+        lines.append("")
+    return lines
+
+
 if __name__ == "__main__":
-    runs = sorted(p for p in RESULTS.glob("*.json") if not p.name.startswith("profile-"))
-    paths = runs if len(sys.argv) == 1 else [Path(p) for p in sys.argv[1:]]
-    (RESULTS / "README.md").write_text(render(paths))
+    ap = argparse.ArgumentParser(description="render benchmark JSON into README.md")
+    ap.add_argument("paths", nargs="*", type=Path, help="pytest-benchmark JSON files (default: all in --results)")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of the results (and of README.md)")
+    args = ap.parse_args()
+    runs = sorted(p for p in args.results.glob("*.json") if is_benchmark_run(p))
+    (args.results / "README.md").write_text(render(args.paths or runs, args.results))

@@ -45,7 +45,10 @@ from fedunet.setup import (
 
 log = logging.getLogger("fedunet")
 
-# Settings that may change between a run and its resumption without changing results.
+# Config sections a resumption may change freely.  The runtime is compared separately, on its
+# resolved values (``auto`` decided on the machine): the settings that change a run's numbers
+# (Runtime.result_settings: device type, bf16, channels_last, compile, deterministic, CPU threads)
+# are refused unless allowed (``--allow-runtime-change``); the rest (progress, checkpoints) is free.
 RESUMABLE_KEYS = ("name", "runtime")
 
 Tamper = Callable[[int, Client, bytearray], bytes | bytearray]
@@ -63,7 +66,10 @@ class Simulation:
         self.rows: list[dict] = []
         self.client_rows: list[dict] = []
         self.events: list[dict] = []
-        self.first_loss: dict[int, float] = {}  # each client's first finite training loss (divergence reference)
+        # each client's reference loss for divergence: its first finite round loss, raised to its second
+        # one unless that already diverged (FedProto and others add their regularizer only from round 2)
+        self.first_loss: dict[int, float] = {}
+        self.losses_seen: dict[int, int] = {}
         self.round = 0
         self.elapsed = 0.0
 
@@ -102,6 +108,8 @@ class Simulation:
                 self.normalizer,
                 aug,
                 padded,
+                shuffle=cfg["training"]["shuffle"],
+                drop_last=cfg["training"]["drop_last"],
             )
             client = Client(
                 index=i,
@@ -164,6 +172,7 @@ class Simulation:
         }
         uploads: list[tuple[Client, bytes | bytearray]] = []
         loss_sum, loss_n, diverged = 0.0, 0, 0
+        factor = cfg["federated"]["divergence_factor"]
         for c in participants:
             for group in c.optimizer.param_groups:
                 group["lr"] = lr
@@ -177,8 +186,12 @@ class Simulation:
             if stats.finite:
                 loss_sum += stats.loss * stats.samples
                 loss_n += stats.samples
-                self.first_loss.setdefault(c.index, stats.loss)
-            why = divergence(stats.loss, self.first_loss.get(c.index), cfg["federated"]["divergence_factor"])
+                seen = self.losses_seen.get(c.index, 0)
+                if seen == 0 or (seen == 1 and not divergence(stats.loss, self.first_loss[c.index], factor)):
+                    self.first_loss[c.index] = max(self.first_loss.get(c.index, stats.loss), stats.loss)
+                if seen < 2:
+                    self.losses_seen[c.index] = seen + 1
+            why = divergence(stats.loss, self.first_loss.get(c.index), factor)
             if why:
                 diverged += 1
                 rec["diverged"] = True
@@ -285,6 +298,16 @@ class Simulation:
             rec.update(global_acc=g_correct / g_total)
         return result
 
+    def _compile_fallback(self, r: int) -> None:
+        """Dynamo gave up compiling (recompile limit) and runs that code eagerly from now on: an event,
+        so that a run's throughput is never silently the eager one."""
+        detail = (
+            "torch.compile hit its recompile limit and fell back to eager for part of the model "
+            f"({self.compiler.stats()}); rerun with TORCH_LOGS=recompiles to see why"
+        )
+        self.events.append({"round": r, "client": None, "architecture": None, "event": "compile_fallback", "detail": detail})
+        log.warning("round %d: %s", r, detail)
+
     def _event(self, r: int, c: Client, kind: str, detail: str) -> None:
         event = {"round": r, "client": c.index, "architecture": c.architecture, "event": kind, "detail": detail}
         self.events.append(event)
@@ -314,8 +337,10 @@ class Simulation:
             "client_rows": json.dumps(self.client_rows),
             "events": json.dumps(self.events),
             "first_loss": json.dumps(self.first_loss),
+            "losses_seen": json.dumps(self.losses_seen),
             "elapsed": self.elapsed,
             "initial_sync_bytes": self.initial_sync_bytes,
+            "runtime_segments": json.dumps(getattr(self, "segments", [])),
         }
 
     def config_changes(self, saved: dict) -> list[str]:
@@ -339,9 +364,22 @@ class Simulation:
         self.client_rows = json.loads(state["client_rows"])
         self.events = json.loads(state["events"])
         self.first_loss = {int(k): v for k, v in json.loads(state.get("first_loss", "{}")).items()}
+        self.losses_seen = {int(k): v for k, v in json.loads(state.get("losses_seen", "{}")).items()}
         self.elapsed = state["elapsed"]
         self.initial_sync_bytes = state["initial_sync_bytes"]
         self.round = state["round"]
+        # checkpoints written before runtimes were recorded: one segment of unknown runtime
+        unknown = {"started": None, "rounds": [1, self.round], "recorded": False}
+        self.segments = json.loads(state["runtime_segments"]) if "runtime_segments" in state else [unknown]
+
+    def runtime_changes(self) -> list[str]:
+        """Result-changing runtime settings (``Runtime.result_settings``) in which this process differs
+        from the last recorded segment of the run, as ``name: before -> now``."""
+        last = next((seg for seg in reversed(getattr(self, "segments", [])) if seg.get("recorded", True)), None)
+        if last is None:
+            return []
+        now = self.rt.result_settings()
+        return [f"{k}: {last.get(k)!r} -> {v!r}" for k, v in now.items() if last.get(k) != v]
 
     # ------------------------------------------------------------ outputs
 
@@ -429,6 +467,9 @@ class Simulation:
                 "packages": metrics.package_versions(),
                 "device": metrics.device_description(self.rt.device),
                 "runtime": {"bf16": self.rt.bf16, "channels_last": self.rt.channels_last, "compile": self.rt.compile},
+                # every process that trained part of the run (a resumed run has several), with its runtime
+                "runtime_segments": getattr(self, "segments", []),
+                **({"compile": self.compiler.stats()} if getattr(self, "compiler", None) is not None else {}),
                 "started": started,
                 "finished": metrics.utc_now(),
                 "command": " ".join(sys.argv),
@@ -452,7 +493,13 @@ class Simulation:
         log.warning("discarding the %s in %s: config changed (%s)", what, self.out, ", ".join(changes))
         return True
 
-    def run(self, resume: bool = False, stop_after: int | None = None, restart_stale: bool = False) -> dict | None:
+    def run(
+        self,
+        resume: bool = False,
+        stop_after: int | None = None,
+        restart_stale: bool = False,
+        allow_runtime_change: bool = False,
+    ) -> dict | None:
         """Run to the last round (or only up to round ``stop_after``, leaving a resumable run).
 
         ``resume`` continues from the last valid checkpoint (a finished run is returned
@@ -462,9 +509,11 @@ class Simulation:
         started = metrics.utc_now()
         self.out.mkdir(parents=True, exist_ok=True)
         with run_lock(self.out):
-            return self._run(started, resume, stop_after, restart_stale)
+            return self._run(started, resume, stop_after, restart_stale, allow_runtime_change)
 
-    def _run(self, started: str, resume: bool, stop_after: int | None, restart_stale: bool) -> dict | None:
+    def _run(
+        self, started: str, resume: bool, stop_after: int | None, restart_stale: bool, allow_runtime_change: bool = False
+    ) -> dict | None:
         for torn in self.out.glob(".*.tmp"):  # temporary files of a process killed mid-write
             torn.unlink()
         summary_path = self.out / "summary.json"
@@ -481,6 +530,7 @@ class Simulation:
                 return done
             summary_path.unlink()
         self.build()
+        self.segments: list[dict] = []
         if resume:
             state = checkpoint.load_latest(self.out)
             if state is not None and self._stale(json.loads(state["config"]), "checkpoint", restart_stale):
@@ -488,7 +538,25 @@ class Simulation:
                 state = None
             if state is not None:
                 self.restore(state)
+                changes = self.runtime_changes()
+                if changes and not allow_runtime_change:
+                    raise RunError(
+                        f"the checkpoint in {self.out} was trained with another runtime ({', '.join(changes)}); "
+                        "resuming would not give the numbers of an uninterrupted run: resume with the same runtime "
+                        "settings, or pass --allow-runtime-change to continue anyway (summary.json then lists each segment)"
+                    )
+                if changes:
+                    log.warning("resuming %s with another runtime (%s), as allowed", self.out, ", ".join(changes))
                 log.info("resumed %s at round %d", self.out, self.round)
+        # this process's stretch of rounds and the runtime it trains them with (summary: runtime_segments)
+        device_name = metrics.device_description(self.rt.device)["name"]
+        segment = {
+            "started": started,
+            "rounds": [self.round + 1, self.round],
+            **self.rt.result_settings(),
+            "device_name": device_name,
+        }
+        self.segments.append(segment)
         atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg, sort_keys=False))
         rounds = self.cfg["federated"]["rounds"]
         progress = metrics.Progress(rounds, self.cfg["runtime"]["progress"])
@@ -497,6 +565,9 @@ class Simulation:
             row = self.run_round(r)
             self.rows.append(row)
             self.round = r
+            segment["rounds"][1] = r
+            if self.compiler is not None and self.compiler.new_fallbacks():
+                self._compile_fallback(r)
             self.write_round_files()
             if every and (r % every == 0 or r == rounds):
                 checkpoint.save(self.out, r, self.state())
@@ -558,6 +629,9 @@ def train(
     tamper: Tamper | None = None,
     stop_after: int | None = None,
     restart_stale: bool = False,
+    allow_runtime_change: bool = False,
 ) -> dict | None:
     """Run (or resume) one federated training run; returns the summary (``None`` if stopped early)."""
-    return Simulation(cfg, out_dir, tamper).run(resume=resume, stop_after=stop_after, restart_stale=restart_stale)
+    return Simulation(cfg, out_dir, tamper).run(
+        resume=resume, stop_after=stop_after, restart_stale=restart_stale, allow_runtime_change=allow_runtime_change
+    )

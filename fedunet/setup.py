@@ -179,6 +179,9 @@ def normalization_stats(cfg: dict, dataset: ImageDataset, train: list[torch.Tens
     """Per-channel mean and std: the dataset's published constants, or the clients' training samples
     (never their held-out, validation or test samples)."""
     name = cfg["dataset"]["name"]
+    if cfg["dataset"]["normalization"] == "half":  # HtFLlib's transforms.Normalize(0.5, 0.5)
+        channels = dataset.in_channels
+        return torch.full((channels,), 0.5), torch.full((channels,), 0.5)
     if cfg["dataset"]["normalization"] == "dataset" and name in NORMALIZATION:
         mean, std = NORMALIZATION[name]
         return torch.tensor(mean), torch.tensor(std)

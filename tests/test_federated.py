@@ -328,3 +328,32 @@ def test_diagnostic_ablation_changes_predictions_and_is_undone(tiny_cfg, tmp_pat
     assert c.model.fusion.ablate is None and c.model.fusion.norms is None
     with torch.no_grad():
         torch.testing.assert_close(c.model(x), full)
+
+
+def test_a_regularizer_that_starts_in_round_two_is_not_divergence(tiny_cfg, tmp_path):
+    """FedProto-like losses jump once global state exists: the reference follows round 2 unless
+    round 2 itself exploded (then round 1 stays the reference and round 2 is flagged)."""
+    from fedunet.client import TrainStats
+
+    def run(losses):
+        sim = Simulation(tiny_cfg(federated={"rounds": len(losses)}), tmp_path / str(len(list(tmp_path.iterdir()))))
+        sim.build()
+        victim = sim.clients[1]
+        original = victim.train
+        current = [0]
+
+        def scripted(epochs, loss_fn):
+            stats = original(epochs, loss_fn)
+            return TrainStats(loss=losses[current[0] - 1], samples=stats.samples, steps=stats.steps, finite=True)
+
+        victim.train = scripted
+        flagged = []
+        for r in range(1, len(losses) + 1):
+            current[0] = r
+            sim.run_round(r)
+            flagged.append(any(e["round"] == r and e["client"] == 1 for e in sim.events if e["event"] == "diverged"))
+        return flagged
+
+    assert run([2.0, 8.0, 60.0]) == [False, False, False]  # 60 < 10 x 8
+    assert run([2.0, 8.0, 90.0]) == [False, False, True]
+    assert run([2.0, 6e17, 2.0]) == [False, True, False]  # an exploding round 2 never becomes the reference

@@ -1,0 +1,41 @@
+"""scripts/device-check.sh, the one prepared check for the first GPU machine, runs on every CPU run
+with ``--dry`` (tiny sizes), so that it cannot rot before a GPU is at hand."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_device_check_dry_runs_every_stage_and_renders(tmp_path):
+    start = time.perf_counter()
+    r = subprocess.run(
+        ["bash", "scripts/device-check.sh", "--dry", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    took = time.perf_counter() - start
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (summary,) = tmp_path.glob("device-check-*.json")
+    data = json.loads(summary.read_text())
+    assert data["dry"] is True
+    assert [s["stage"] for s in data["stages"]] == ["cuda-tests", "paper-setting", "benchmarks", "estimate"]
+    assert all(s["rc"] == 0 and not s["skipped"] for s in data["stages"]), data["stages"]
+    assert data["cuda_tests"] and all(t["outcome"] in ("skipped", "passed") for t in data["cuda_tests"])
+    (paper,) = tmp_path.glob("paper-setting-*.json")
+    runs = json.loads(paper.read_text())["runs"]
+    assert [run["d"] for run in runs] == [16]
+    for run in runs:
+        assert run["train_images_per_s"] > 0 and run["peak_host_bytes"] > 0 and run["estimate"]["wall_s"] > 0
+    (est,) = tmp_path.glob("estimate-*.json")
+    assert json.loads(est.read_text())["totals"]["job_s"] > 0
+    readme = (tmp_path / "README.md").read_text()
+    for section in ("## Paper setting: paper-setting-", "## Study cost: estimate-", "## Device check: device-check-"):
+        assert section in readme
+    assert took < 300, f"the dry run took {took:.0f} s"
