@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from fedunet import config, estimate, metrics
+from fedunet import config, estimate, provenance
 from fedunet.data import DatasetUnavailable, load_dataset
 from fedunet.federated import Simulation
 from fedunet.io import atomic_write_json
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     rounds = args.rounds or (1 if args.dry else 3)
     sizes = args.d or ([16] if args.dry else [1024, 128])
     dev = torch.device(args.device)
-    desc = metrics.device_description(dev)
+    desc = provenance.device_description(dev)
     label = desc["name"].replace(" ", "-") if dev.type == "cuda" else "cpu"
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out)
@@ -146,9 +146,9 @@ def main(argv=None) -> int:
         "device": desc,
         "runs": [],
         "provenance": {
-            "git": metrics.git_state(),
-            "packages": metrics.package_versions(),
-            "date": metrics.utc_now(),
+            "git": provenance.git_state(),
+            "packages": provenance.package_versions(),
+            "date": provenance.utc_now(),
             "command": " ".join(sys.argv),
         },
     }

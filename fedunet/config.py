@@ -43,15 +43,23 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-@functools.lru_cache(maxsize=1)
 def schema() -> dict:
-    """The run schema, with architectures and methods taken from their registries (do not mutate)."""
+    """The run schema, with architectures and methods taken from their registries (do not mutate).
+
+    Cached per set of registered names, so that a backbone or method registered later is allowed too."""
     from fedunet import methods, models
+
+    return _schema(tuple(models.available()), tuple(methods.available()))
+
+
+@functools.lru_cache(maxsize=4)
+def _schema(architectures: tuple[str, ...], method_names: tuple[str, ...]) -> dict:
+    from fedunet import methods
 
     text = resources.files("fedunet.schemas").joinpath("run.schema.yaml").read_text()
     s = load_yaml(text)
-    s["properties"]["method"]["enum"] = methods.available()
-    s["properties"]["model"]["properties"]["architectures"]["items"]["enum"] = models.available()
+    s["properties"]["method"]["enum"] = list(method_names)
+    s["properties"]["model"]["properties"]["architectures"]["items"]["enum"] = list(architectures)
     # each method declares its own hyperparameters (with defaults) in its file
     s["properties"]["methods"] = {
         "type": "object",
@@ -60,7 +68,7 @@ def schema() -> dict:
         "description": "hyperparameters of each method (only the selected method's are used)",
         "properties": {
             name: {"type": "object", "additionalProperties": False, "default": {}, "properties": methods.get(name).options}
-            for name in methods.available()
+            for name in method_names
         },
     }
     return s
@@ -76,7 +84,8 @@ def fill_defaults(instance: dict, sch: dict) -> dict:
     return instance
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
+def describe(error: jsonschema.ValidationError) -> str:
+    """One schema error as ``field: what is wrong; what is allowed``."""
     path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
     v = error.validator
     if v == "additionalProperties":
@@ -111,7 +120,7 @@ def validate(cfg: Any) -> dict:
     fill_defaults(cfg, sch)
     errors = sorted(jsonschema.Draft202012Validator(sch).iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        raise ConfigError(_describe(e) for e in errors)
+        raise ConfigError(describe(e) for e in errors)
     _check_relations(cfg)
     return cfg
 
@@ -171,10 +180,3 @@ def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict:
         if not isinstance(raw, dict):
             raise ConfigError([f"{path}: expected a mapping of settings at the top level"])
     return validate(apply_overrides(raw, overrides))
-
-
-def get(cfg: dict, dotted: str) -> Any:
-    node = cfg
-    for p in dotted.split("."):
-        node = node[p]
-    return node

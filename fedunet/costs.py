@@ -1,13 +1,13 @@
-"""What a model costs: parameters, bytes on the wire, training FLOPs, measured throughput.
+"""What a model costs, counted without running it: parameters, bytes on the wire, FLOPs per
+sample and the activations one training sample saves for backward.
 
 The paper calls the U-Net lightweight in traffic; at full input resolution even the
 compact U-Net can cost more compute than a narrow backbone.  These numbers put both
-costs side by side (``fedunet info``, the workflow's compute table).
+costs side by side (``fedunet info``, the workflow's compute table, ``fedunet estimate``);
+measured images/s are :mod:`fedunet.throughput`'s.
 """
 
 from __future__ import annotations
-
-import time
 
 import torch
 import torch.nn.functional as F
@@ -30,16 +30,61 @@ def geometry(cfg: dict) -> tuple[int, int, int]:
     return GEOMETRY[ds["name"]]
 
 
+_COUNTED: dict = {}
+
+
+def model_costs(spec: ModelSpec) -> dict:
+    """One training step of ``spec`` on the meta device (no compute, no memory), counted: forward
+    and forward + backward FLOPs per sample, the bytes of the tensors one sample saves for backward
+    (fp32), and the parameters.  Counted once per spec."""
+    if spec not in _COUNTED:
+        saved = 0
+        seen: set[int] = set()
+
+        def pack(t):
+            nonlocal saved
+            if isinstance(t, torch.Tensor) and id(t) not in seen and not isinstance(t, torch.nn.Parameter):
+                seen.add(id(t))
+                saved += t.numel() * t.element_size()
+            return t
+
+        n = 2
+        with torch.device("meta"):
+            model = ClientModel(spec)
+            x = torch.empty(n, spec.in_channels, spec.input_size, spec.input_size)
+            y = torch.zeros(n, dtype=torch.long)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                loss = F.cross_entropy(model(x), y)
+            forward = counter.get_total_flops()
+            loss.backward()
+        _COUNTED[spec] = {
+            "forward_flops": forward // n,
+            "train_flops": counter.get_total_flops() // n,
+            "activation_bytes": saved // n,
+            "parameters": count_parameters(model),
+        }
+    return _COUNTED[spec]
+
+
+def forward_flops_per_sample(spec: ModelSpec) -> int:
+    """Forward FLOPs of one sample (inference)."""
+    return model_costs(spec)["forward_flops"]
+
+
 def training_flops_per_sample(spec: ModelSpec) -> int:
-    """Forward + backward FLOPs of one training sample, counted on the meta device (no compute)."""
-    with torch.device("meta"):
-        model = ClientModel(spec)
-        x = torch.empty(2, spec.in_channels, spec.input_size, spec.input_size)
-        y = torch.zeros(2, dtype=torch.long)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        F.cross_entropy(model(x), y).backward()
-    return counter.get_total_flops() // 2
+    """Forward + backward FLOPs of one training sample."""
+    return model_costs(spec)["train_flops"]
+
+
+def activation_bytes_per_sample(spec: ModelSpec) -> int:
+    """Bytes of the tensors one training sample saves for backward (fp32)."""
+    return model_costs(spec)["activation_bytes"]
+
+
+def parameters_of(spec: ModelSpec) -> int:
+    return model_costs(spec)["parameters"]
 
 
 def payload_bytes(tensors: dict, float_dtype: str = "float32") -> int:
@@ -82,43 +127,3 @@ def backbone_costs(spec: ModelSpec) -> dict:
         out["train_flops_per_sample_with_unet"] = training_flops_per_sample(spec)
         out["flops_ratio_with_unet"] = out["train_flops_per_sample_with_unet"] / out["train_flops_per_sample"]
     return out
-
-
-def measure_throughput(
-    spec: ModelSpec,
-    device: str = "cpu",
-    batch_size: int = 64,
-    steps: int = 10,
-    warmup: int = 3,
-    channels_last: bool = True,
-    bf16: bool | None = None,
-) -> float:
-    """Training images per second of one model on random data (forward, backward, SGD step)."""
-    dev = torch.device(device)
-    bf16 = dev.type == "cuda" if bf16 is None else bf16
-    torch.manual_seed(0)
-    model = ClientModel(spec).to(dev)
-    x = torch.randn(batch_size, spec.in_channels, spec.input_size, spec.input_size, device=dev)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, spec.num_classes, (batch_size,), device=dev)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    def step():
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    for _ in range(warmup):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    return batch_size * steps / (time.perf_counter() - start)

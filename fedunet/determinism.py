@@ -14,7 +14,7 @@ CUDA.  What our models use, and what happens to it:
 * ``nn.AdaptiveAvgPool1d(K)`` (``FeatureProjection(kind="pool")``, the common feature width of
   the prototype methods and FedKD): replaced by ``avg_pool1d`` when the length divides evenly,
   else by ``x @ P`` with P the fixed (length x K) averaging matrix (matmul: deterministic
-  with the cuBLAS workspace set, see :data:`fedunet.setup.CUBLAS_WORKSPACE`).  Equal to the
+  with the cuBLAS workspace set, see :data:`fedunet.runtime.CUBLAS_WORKSPACE`).  Equal to the
   adaptive pooling up to float rounding, not always bit-identical on CPU: hence CUDA only.
 
 ``index_add_`` (prototype and logit sums of FedProto, FedTGP, FD) and ``cumsum`` have

@@ -1,4 +1,4 @@
-"""Evaluation protocols, per-round metric files, run summary with provenance, progress line.
+"""Evaluation protocols, per-round metric files, the divergence rule, progress line.
 
 Two protocols, both reported every evaluated round:
 
@@ -13,13 +13,9 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import platform
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
-from importlib import metadata
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -114,8 +110,7 @@ def best_round(rows: list[dict], key: str = "val_acc") -> dict | None:
 
 def divergence(loss: float, first_loss: float | None, factor: float) -> str:
     """Why a client's local training counts as diverged ('' when it does not): a loss that is
-    not finite, or one above ``factor`` times its reference loss (the engine's reference: the
-    client's first round loss, raised to its second unless that one already diverged)."""
+    not finite, or one above ``factor`` times its reference loss (:class:`LossReference`)."""
     if not math.isfinite(loss):
         return f"local training loss is {loss}"
     if first_loss is not None and first_loss > 0 and loss > factor * first_loss:
@@ -123,85 +118,39 @@ def divergence(loss: float, first_loss: float | None, factor: float) -> str:
     return ""
 
 
-# ---------------------------------------------------------------- provenance
+@dataclass
+class LossReference:
+    """The reference loss of one series of training losses (a client's, round after round; or a
+    run's round means) against which :func:`divergence` judges the next one.
 
-
-def git_state() -> dict:
-    """Commit and dirty flag of the checkout that holds this package (or of the cwd).
-
-    ``dirty`` means tracked code or configuration differs from the commit; result files
-    (``results/``, ``runs/``), which a study rewrites as it goes, do not count.
+    The reference is the series' first finite loss, raised to its second finite one unless that
+    one already diverged: FedProto and others add their regularizer only from round 2, so the
+    loss of round 2 may rightly be higher than round 1's, while an exploding round 2 never
+    becomes the reference.  ``value`` is ``None`` until a finite loss was added.
     """
-    here = Path(__file__).resolve().parent
-    out = {"commit": None, "dirty": None}
-    for cwd in (here, Path.cwd()):
-        try:
-            commit = subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
-            ).stdout.strip()
-            status = subprocess.run(
-                [
-                    "git",
-                    "status",
-                    "--porcelain",
-                    "--untracked-files=no",
-                    "--",
-                    ":/",
-                    ":(top,exclude)results",
-                    ":(top,exclude)runs",
-                ],
-                cwd=cwd,
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout
-            return {"commit": commit, "dirty": bool(status.strip())}
-        except (OSError, subprocess.SubprocessError):
-            continue
-    return out
 
+    factor: float
+    value: float | None = None
+    seen: int = 0  # finite losses added, counted up to 2 (later ones no longer move the reference)
 
-def package_versions() -> dict:
-    versions = {"python": platform.python_version()}
-    for pkg in ("fedunet-bench", "torch", "torchvision", "numpy", "pyyaml", "jsonschema"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return versions
+    def add(self, loss: float) -> None:
+        """Account for the next finite loss of the series."""
+        if self.seen == 0 or (self.seen == 1 and not divergence(loss, self.value, self.factor)):
+            self.value = loss if self.value is None else max(self.value, loss)
+        self.seen = min(self.seen + 1, 2)
 
+    def check(self, loss: float) -> str:
+        """Why ``loss`` counts as diverged against this reference ('' when it does not)."""
+        return divergence(loss, self.value, self.factor)
 
-def device_description(device: torch.device) -> dict:
-    info = {
-        "type": device.type,
-        "platform": platform.platform(),
-        "torch_threads": torch.get_num_threads(),
-        # the vector instruction set torch's CPU kernels dispatch to (AVX2, AVX512...): results are
-        # bit-identical on one machine, not across instruction sets
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_name": _cpu_name(),
-    }
-    if device.type == "cuda":
-        info["name"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    else:
-        info["name"] = _cpu_name()
-        info["cpu_count"] = os.cpu_count()
-    return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    @classmethod
+    def of(cls, losses, factor: float) -> LossReference:
+        """The reference of a whole series (non-finite losses are skipped)."""
+        ref = cls(factor)
+        for loss in losses:
+            if math.isfinite(loss):
+                ref.add(loss)
+        return ref
 
 
 # ---------------------------------------------------------------- progress

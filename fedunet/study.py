@@ -13,10 +13,14 @@ named with the defaults so they are not duplicated.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema
 
 from fedunet import config as run_config_schema
-from fedunet import methods
+from fedunet import methods, models
 
 AXES = ("architectures", "methods", "d", "fusion", "alpha")
 # Figures that summarize one experiment (besides its accuracy-vs-round curves).
@@ -33,6 +37,38 @@ class StudyError(ValueError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("invalid study configuration:\n  - " + "\n  - ".join(problems))
+
+
+# The workflow's schema of a study config; Snakemake checks it too (workflow/Snakefile).
+SCHEMA_FILE = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def schema() -> dict:
+    """The study schema, with architectures and methods taken from their registries, as the run
+    schema's are (:func:`fedunet.config.schema`); do not mutate."""
+    return _schema(tuple(models.available()), tuple(methods.available()))
+
+
+@functools.lru_cache(maxsize=4)
+def _schema(architectures: tuple[str, ...], method_names: tuple[str, ...]) -> dict:
+    s = run_config_schema.load_yaml(SCHEMA_FILE.read_text())
+    s["$defs"]["architecture"]["enum"] = list(architectures)
+    s["$defs"]["method"]["enum"] = list(method_names)
+    return s
+
+
+def check(cfg: dict) -> None:
+    """Check a study config against :func:`schema`; each problem names the field and what is allowed."""
+    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
+    # a key whose value is invalid also counts as "unevaluated" in its object: report the value only
+    below = [list(e.absolute_path) for e in errors if e.validator != "unevaluatedProperties"]
+    problems = [
+        run_config_schema.describe(e)
+        for e in errors
+        if e.validator != "unevaluatedProperties" or not any(p[: len(e.absolute_path)] == list(e.absolute_path) for p in below)
+    ]
+    if problems:
+        raise StudyError(problems)
 
 
 @dataclass(frozen=True, order=True)
@@ -92,6 +128,7 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 class Study:
     def __init__(self, cfg: dict):
+        check(cfg)
         self.cfg = cfg
         self.name: str = cfg["study"]
         self.out: str = f"{cfg.get('results', 'results')}/{self.name}"

@@ -2,9 +2,11 @@
 configurations, and the Snakemake workflow run from a scratch directory."""
 
 import copy
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +38,41 @@ def tiny_raw(**sections) -> dict:
         else:
             raw[key] = value
     return raw
+
+
+def run_fedunet(*args: str, cwd: Path | None = REPO, timeout: float = 900) -> subprocess.CompletedProcess:
+    """``python -m fedunet ARGS`` as users call it, by the interpreter running the tests (output captured)."""
+    return subprocess.run([sys.executable, "-m", "fedunet", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small models: one intra-op thread is fastest, and far faster on a loaded machine.  A module
+    that imports this fixture runs all its tests with one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def wrap_client_train(sim, index: int, wrapper):
+    """Make client ``index`` of a built ``Simulation`` train through ``wrapper(train, epochs, loss_fn)``,
+    ``train`` being its own training (a fault injected into one client); returns the client."""
+    client = sim.clients[index]
+    train = client.train
+    client.train = lambda epochs, loss_fn: wrapper(train, epochs, loss_fn)
+    return client
+
+
+def garment_blocks(values, labels):
+    """Synthetic 28x28 'garments' for composites: image k is uniformly values[k] (fully foreground
+    if above the threshold); returns (uint8 images (N, 1, 28, 28), labels)."""
+    import torch
+
+    images = torch.tensor(values, dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 28, 28).contiguous()
+    return images, torch.tensor(labels)
 
 
 def snakemake_command(workdir: Path, *args: str) -> list[str]:

@@ -53,7 +53,7 @@ def test_uploads_have_the_documented_shapes_and_bytes(tiny_cfg, tmp_path, method
     sim = built(tiny_cfg, tmp_path, method)
     c = sim.clients[1]
     c.train(1, sim.method.loss)
-    sent = sim.method.upload(c)
+    sent = sim.method.upload(c, 1)
     assert {k: tuple(v.shape) for k, v in sent.items()} == expected
     row = sim.run_round(1)
     assert row["bytes_up"] == len(sim.clients) * len(serialization.encode(sent))
@@ -63,7 +63,7 @@ def test_fml_shares_exactly_the_meme_model(tiny_cfg, tmp_path):
     sim = built(tiny_cfg, tmp_path, "fml")
     c = sim.clients[0]
     meme = c.aux["meme"].state_dict()
-    sent = sim.method.upload(c)
+    sent = sim.method.upload(c, 1)
     assert set(sent) == set(meme) and all(sent[k].data_ptr() == meme[k].data_ptr() for k in sent)
     assert sum(t.numel() for t in sent.values()) < sum(t.numel() for t in c.model.state_dict().values())
     # the private model is not touched by aggregation; every meme ends identical
@@ -79,7 +79,7 @@ def test_fd_aggregates_per_class_over_the_clients_that_have_the_class(tiny_cfg, 
     sim = built(tiny_cfg, tmp_path, "fd")
     a = {"logits": torch.tensor([[1.0, 0, 0], [0, 2.0, 0], [9.0, 9, 9]]), "counts": torch.tensor([5, 1, 0])}
     b = {"logits": torch.tensor([[3.0, 0, 0], [0, 4.0, 0], [0.0, 0, 6]]), "counts": torch.tensor([1, 1, 2])}
-    out = sim.method.aggregate([Upload(None, a, 10.0), Upload(None, b, 1.0)])
+    out, _ = sim.method.aggregate(1, [Upload(None, a, 10.0), Upload(None, b, 1.0)])
     expected = torch.tensor([[2.0, 0, 0], [0, 3.0, 0], [0, 0, 6.0]])  # class 2 from b only
     torch.testing.assert_close(out["logits"], expected)
     assert out["counts"].tolist() == [6, 2, 2]
@@ -88,11 +88,12 @@ def test_fd_aggregates_per_class_over_the_clients_that_have_the_class(tiny_cfg, 
 def test_fedproto_weights_prototypes_by_class_counts(tiny_cfg, tmp_path):
     sim = built(tiny_cfg, tmp_path, "fedproto")
     p1, p2 = torch.zeros(C, K), torch.ones(C, K)
-    out = sim.method.aggregate(
+    out, _ = sim.method.aggregate(
+        1,
         [
             Upload(None, {"protos": p1, "counts": torch.tensor([3, 0, 1])}, 1.0),
             Upload(None, {"protos": p2, "counts": torch.tensor([1, 2, 0])}, 1.0),
-        ]
+        ],
     )
     torch.testing.assert_close(out["protos"][:, 0], torch.tensor([0.25, 1.0, 0.0]))
     assert out["counts"].tolist() == [4, 2, 1]
@@ -112,9 +113,10 @@ def test_fedgh_server_trains_the_header_on_prototypes(tiny_cfg, tmp_path):
     sim = built(tiny_cfg, tmp_path, "fedgh", methods={"fedgh": {"server_epochs": 50}})
     protos = torch.eye(C, K) * 3
     uploads = [Upload(None, {"protos": protos, "counts": torch.tensor([1, 1, 1])}, 1.0)]
-    message = sim.method.aggregate(uploads)
+    message, numbers = sim.method.aggregate(1, uploads)
     logits = protos @ message["weight"].T + message["bias"]
     assert logits.argmax(1).tolist() == [0, 1, 2]
+    assert numbers == {"prototypes": 3}  # the (prototype, class) pairs the header trained on
     sim.method.download(sim.clients[2], message)
     assert torch.equal(sim.clients[2].model.classifier.weight, message["weight"])
 
@@ -128,9 +130,10 @@ def test_fedtgp_margin_and_trained_global_prototypes(tiny_cfg, tmp_path):
     assert method.margin(protos, labels) == pytest.approx(7.0)
     method.hp = {**method.hp, "margin_threshold": 2.0}
     assert method.margin(protos, labels) == pytest.approx(2.0)
-    message = method.aggregate([Upload(None, {"protos": protos, "counts": torch.ones(C, dtype=torch.int64)}, 1.0)])
+    message, numbers = method.aggregate(1, [Upload(None, {"protos": protos, "counts": torch.ones(C, dtype=torch.int64)}, 1.0)])
     nearest = torch.cdist(protos, message["protos"]).argmin(1)
     assert nearest.tolist() == [0, 1, 2]
+    assert numbers == {"margin": pytest.approx(2.0), "prototypes": 3}  # the round's margin goes to metrics.csv
 
 
 def test_svd_compression_keeps_the_requested_energy():
@@ -148,7 +151,7 @@ def test_fedkd_sends_factors_and_keeps_every_mentee_identical(tiny_cfg, tmp_path
     sim = built(tiny_cfg, tmp_path, "fedkd")
     c = sim.clients[0]
     c.train(1, sim.method.loss)
-    sent = sim.method.upload(c)
+    sent = sim.method.upload(c, 1)
     weight = next(n for n, t in c.aux["mentee"].state_dict().items() if t.ndim == 4)
     m, n = c.aux["mentee"].state_dict()[weight].shape[0], c.aux["mentee"].state_dict()[weight][0].numel()
     k = sent[f"{weight}.S"].shape[0]
@@ -164,7 +167,7 @@ def test_fedkd_sends_factors_and_keeps_every_mentee_identical(tiny_cfg, tmp_path
 def test_fedkd_rejects_inconsistent_factor_ranks(tiny_cfg, tmp_path):
     sim = built(tiny_cfg, tmp_path, "fedkd")
     c = sim.clients[0]
-    sent = sim.method.upload(c)
+    sent = sim.method.upload(c, 1)
     weight = next(n[: -len(".S")] for n in sent if n.endswith(".S"))
     sent[f"{weight}.S"] = torch.ones(sent[f"{weight}.S"].shape[0] + 1)
     tensors, _ = serialization.decode(serialization.encode(sent), sim.method.upload_spec(c))
@@ -393,11 +396,12 @@ def test_gradient_clipping_caps_each_models_norm_before_every_step():
 def test_fedproto_options_aggregation_mean_and_prototype_inference(tiny_cfg, tmp_path):
     sim = built(tiny_cfg, tmp_path, "fedproto", methods={"fedproto": {"aggregation": "mean"}})
     p1, p2 = torch.zeros(C, K), torch.ones(C, K)
-    out = sim.method.aggregate(
+    out, _ = sim.method.aggregate(
+        1,
         [
             Upload(None, {"protos": p1, "counts": torch.tensor([3, 0, 1])}, 5.0),
             Upload(None, {"protos": p2, "counts": torch.tensor([1, 2, 0])}, 1.0),
-        ]
+        ],
     )
     # HtFLlib: the plain mean over the clients that hold the class, whatever their counts
     torch.testing.assert_close(out["protos"][:, 0], torch.tensor([0.5, 1.0, 0.0]))
@@ -427,13 +431,32 @@ def test_fedproto_prototypes_during_training_are_the_step_features(tiny_cfg, tmp
     c.model.features = recording
     labels = []
     c.train(1, lambda client, x, y: (labels.append(y), sim.method.loss(client, x, y))[1])
-    sent = sim.method.upload(c)
+    sent = sim.method.upload(c, 1)
     f, y = torch.cat(seen), torch.cat(labels)
     for k in range(C):
         if (y == k).any():
             torch.testing.assert_close(sent["protos"][k], f[y == k].mean(0))
     assert sent["counts"].tolist() == torch.bincount(y, minlength=C).tolist()
-    assert int(c.state["proto_counts"].sum()) == 0  # reset for the next round
+    again = sim.method.upload(c, 1)  # upload is pure: the sums stay until the next round begins
+    assert all(torch.equal(again[k], sent[k]) for k in sent)
+    sim.method.begin_round(c, 2)
+    assert int(c.state["proto_counts"].sum()) == 0 and not c.state["proto_sums"].any()
+
+
+@pytest.mark.parametrize("method, extra", [("fd", {}), ("fd", {"target": "logits"}), ("fedproto", {"prototypes": "during"})])
+def test_uploads_are_pure_and_accumulators_reset_when_a_round_begins(tiny_cfg, tmp_path, method, extra):
+    """What local training accumulates for the upload is reset in begin_round, never in upload: two
+    uploads are equal, and a round's upload holds that round's training only."""
+    sim = built(tiny_cfg, tmp_path, method, methods={method: extra})
+    c = sim.clients[0]
+    sums = "logit_sums" if method == "fd" else "proto_sums"
+    for r in (1, 2):
+        sim.method.begin_round(c, r)
+        assert not c.state[sums].any()
+        stats = c.train(1, sim.method.loss)
+        first, second = sim.method.upload(c, r), sim.method.upload(c, r)
+        assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+        assert int(first["counts"].sum()) == stats.samples  # this round's samples, once
 
 
 def rank_one(shape, scale):
@@ -458,8 +481,9 @@ def test_fedkd_aggregate_is_the_compressed_mean_of_the_updates(tiny_cfg, tmp_pat
                 for k, t in before.items()
             }
         )
-    uploads = [Upload(None, method.compress(u), w) for u, w in zip(updates, (3.0, 1.0))]
-    message = method.aggregate(uploads)
+    uploads = [Upload(None, method.compress(u, 1), w) for u, w in zip(updates, (3.0, 1.0))]
+    message, numbers = method.aggregate(1, uploads)
+    assert numbers == {"energy": method.energy(1), "rank_mean": 1.0}  # every matrix of the message has rank one
     received = method.decompress(message)
     wa, wb = weights[0] / sum(weights), weights[1] / sum(weights)
     for name, t in before.items():
@@ -503,7 +527,7 @@ def test_per_kernel_svd_rank_and_bytes():
 def test_fedkd_htfllib_options_run_and_keep_mentees_identical(tiny_cfg, tmp_path, hp):
     sim = built(tiny_cfg, tmp_path, "fedkd", methods={"fedkd": hp})
     c = sim.clients[0]
-    sent = sim.method.upload(c)
+    sent = sim.method.upload(c, 1)
     conv = next(n for n, t in c.aux["mentee"].state_dict().items() if t.ndim == 4)
     o, i, kh, kw = c.aux["mentee"].state_dict()[conv].shape
     k = sent[f"{conv}.S"].shape[-1]
@@ -517,7 +541,7 @@ def test_fedkd_htfllib_options_run_and_keep_mentees_identical(tiny_cfg, tmp_path
         for name, t in client.aux["mentee"].state_dict().items():
             torch.testing.assert_close(t.cpu().float(), server[name].float(), rtol=0, atol=1e-5)
     if hp.get("compress") == "parameters":  # the message is the compressed mean of the parameters
-        assert sim.method.upload(sim.clients[1]).keys() == sent.keys()
+        assert sim.method.upload(sim.clients[1], 2).keys() == sent.keys()
 
 
 @pytest.mark.parametrize(
@@ -532,8 +556,7 @@ def test_fedkd_htfllib_options_run_and_keep_mentees_identical(tiny_cfg, tmp_path
 )
 def test_fedkd_energy_schedule(tiny_cfg, hp, round_, expected):
     method = methods.create(tiny_cfg(method="fedkd", federated={"rounds": 4}, methods={"fedkd": hp}))
-    method.round = round_
-    assert method.energy() == pytest.approx(expected)
+    assert method.energy(round_) == pytest.approx(expected)
 
 
 def test_meme_and_mentee_default_to_the_fedavg_cnn_and_client0_follows_client_0(tiny_cfg, tmp_path):
@@ -559,7 +582,7 @@ def test_fedkd_htfllib_rank_rule_sends_an_isotropic_head_as_zeros(tiny_cfg, tmp_
     head = "classifier.weight"
     with torch.no_grad():  # C = 3 equal singular values: only the full rank reaches 0.95
         c.aux["mentee"].classifier.weight.copy_(torch.eye(C, c.aux["mentee"].classifier.in_features))
-    sent = sim.method.upload(c)
+    sent = sim.method.upload(c, 1)
     assert sent[f"{head}.S"].shape == (0,)
     tensors, _ = serialization.decode(serialization.encode(sent), sim.method.upload_spec(c))
     sim.method.check_upload(c, tensors)  # rank 0 is a valid HtFLlib payload

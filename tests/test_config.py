@@ -96,3 +96,25 @@ def test_missing_and_broken_files(tmp_path):
     bad.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         config.load(bad)
+
+
+def test_a_newly_registered_architecture_and_method_are_valid_in_a_run_config(monkeypatch):
+    from fedunet import methods, models
+
+    for registry in (models.REGISTRY, methods.REGISTRY):  # forget this test's registrations after it
+        monkeypatch.setattr(registry, "_members", dict(registry._members))
+    raw = {"method": "toy-method", "model": {"architectures": ["toy-net"]}, "methods": {"toy-method": {}}}
+    with pytest.raises(ConfigError) as err:
+        config.validate(raw)
+    assert "method: 'toy-method' is not allowed" in str(err.value) and "'toy-net' is not allowed" in str(err.value)
+
+    @models.register("toy-net")
+    def toy_net(in_channels, input_size, width): ...
+
+    @methods.register
+    class ToyMethod(methods.get("local")):
+        name = "toy-method"
+
+    cfg = config.validate(raw)
+    assert cfg["method"] == "toy-method" and cfg["model"]["architectures"] == ["toy-net"]
+    assert "toy-method" in config.schema()["properties"]["methods"]["properties"]

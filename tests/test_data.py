@@ -1,3 +1,5 @@
+"""Datasets by name (fedunet/data.py): synthetic, CIFAR and Fashion-MNIST readers, subsets, errors."""
+
 import gzip
 import io
 import pickle
@@ -8,17 +10,7 @@ import pytest
 import torch
 
 from fedunet import data
-from fedunet.data import (
-    Augmentation,
-    ClientLoader,
-    DatasetUnavailable,
-    Normalizer,
-    load_dataset,
-    make_synthetic,
-    random_crop,
-    random_flip,
-    read_idx,
-)
+from fedunet.data import DatasetUnavailable, ImageDataset, load_dataset, make_synthetic, read_idx
 
 
 def test_synthetic_is_deterministic_and_class_dependent():
@@ -34,61 +26,6 @@ def test_synthetic_shapes_follow_options():
     ds = make_synthetic(num_classes=4, channels=1, size=12, train_size=40, test_size=8)
     assert ds.train_images.shape == (40, 1, 12, 12) and ds.test_images.shape == (8, 1, 12, 12)
     assert ds.num_classes == 4 and set(ds.train_labels.tolist()) == {0, 1, 2, 3}
-
-
-def test_random_crop_matches_per_sample_reference():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 255, (6, 2, 5, 7), dtype=torch.uint8)
-    out = random_crop(x, 2, g)
-    g2 = torch.Generator().manual_seed(0)
-    dy = torch.randint(0, 5, (6, 1), generator=g2)
-    dx = torch.randint(0, 5, (6, 1), generator=g2)
-    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
-    for i in range(6):
-        expected = padded[i, :, dy[i, 0] : dy[i, 0] + 5, dx[i, 0] : dx[i, 0] + 7]
-        assert torch.equal(out[i], expected)
-
-
-def test_random_flip_flips_about_half():
-    g = torch.Generator().manual_seed(0)
-    x = torch.arange(1000 * 4, dtype=torch.float32).view(1000, 1, 1, 4)
-    out = random_flip(x, g)
-    flipped = (out[:, 0, 0, 0] == x[:, 0, 0, 3]).float().mean()
-    assert 0.4 < flipped < 0.6
-    assert torch.equal(out.sort(dim=3).values, x)
-
-
-def test_client_loader_visits_each_index_once_per_epoch_in_seeded_order():
-    ds = make_synthetic(train_size=100, test_size=10, size=8)
-    idx = torch.arange(3, 90)
-    norm = Normalizer(*ds.channel_stats(), torch.device("cpu"))
-
-    def labels_seen(seed):
-        loader = ClientLoader(
-            ds.train_images, torch.arange(100), idx, 16, torch.Generator().manual_seed(seed), norm, Augmentation()
-        )
-        return torch.cat([y for _, y in loader])
-
-    seen = labels_seen(1)
-    assert sorted(seen.tolist()) == idx.tolist()
-    assert torch.equal(seen, labels_seen(1)) and not torch.equal(seen, labels_seen(2))
-
-
-def test_loader_skips_a_trailing_single_sample_batch():
-    ds = make_synthetic(train_size=40, test_size=4, size=8)
-    norm = Normalizer(*ds.channel_stats(), torch.device("cpu"))
-    loader = ClientLoader(ds.train_images, ds.train_labels, torch.arange(33), 16, torch.Generator(), norm, None)
-    assert [len(y) for _, y in loader] == [16, 16] and len(loader) == 2
-
-
-def test_normalizer_standardizes_and_can_be_channels_last():
-    ds = make_synthetic(train_size=200, test_size=4, size=8)
-    mean, std = ds.channel_stats()
-    norm = Normalizer(mean, std, torch.device("cpu"), channels_last=True)
-    x = norm(ds.train_images)
-    assert x.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4, rtol=0)
-    torch.testing.assert_close(x.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-3, rtol=0)
 
 
 def test_subsets_are_fixed_by_the_dataset():
@@ -229,16 +166,9 @@ def test_real_fashion_mnist_from_debian_package(tmp_path):
     assert torch.equal(torch.bincount(ds.test_labels), torch.full((10,), 1000))
 
 
-@pytest.mark.parametrize("padding, flip", [(2, True), (4, False), (0, True), (0, False)])
-def test_one_gather_equals_crop_then_flip_with_the_same_draws(padding, flip):
-    from fedunet.data import gather_augmented, pad_images
-
-    images = torch.randint(0, 255, (50, 3, 7, 9), dtype=torch.uint8)
-    idx = torch.tensor([4, 0, 49, 4, 17, 23])
-    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    expected = random_crop(images[idx], padding, g1)
-    if flip:
-        expected = random_flip(expected, g1)
-    got = gather_augmented(pad_images(images, padding), idx, padding, flip, g2)
-    assert torch.equal(got, expected)
-    assert torch.equal(g1.get_state(), g2.get_state())  # same random stream consumed
+def test_a_dataset_moves_its_four_tensors_and_keeps_the_rest():
+    ds = make_synthetic(num_classes=3, channels=1, size=6, train_size=9, test_size=3)
+    moved = ds.to("meta")
+    assert all(getattr(moved, n).device.type == "meta" for n in ImageDataset.TENSORS)
+    assert (moved.name, moved.num_classes, moved.in_channels, moved.input_size) == ("synthetic", 3, 1, 6)
+    assert ds.train_images.device.type == "cpu"  # a copy: the original stays

@@ -3,7 +3,8 @@ import torch
 
 from fedunet import methods
 from fedunet.federated import Simulation
-from fedunet.methods.base import Upload, participants, weighted_mean
+from fedunet.methods.aggregate import weighted_mean
+from fedunet.methods.base import Upload, participants
 
 
 def build(cfg, tmp_path):
@@ -30,14 +31,14 @@ def test_weighted_mean_matches_hand_computation():
 def test_uploads_hold_exactly_the_named_tensors(tiny_cfg, tmp_path, method, prefix):
     sim = build(tiny_cfg(method=method), tmp_path)
     for c in sim.clients:
-        sent = sim.method.upload(c)
+        sent = sim.method.upload(c, 1)
         expected = {n for n in c.model.state_dict() if n.startswith(prefix)}
         assert set(sent) == expected
 
 
 def test_share_buffers_false_sends_parameters_only(tiny_cfg, tmp_path):
     sim = build(tiny_cfg(federated={"rounds": 2, "share_buffers": False}), tmp_path)
-    sent = sim.method.upload(sim.clients[0])
+    sent = sim.method.upload(sim.clients[0], 1)
     assert sent and not any("running" in n or "num_batches" in n for n in sent)
 
 
@@ -51,8 +52,9 @@ def test_aggregation_is_the_sample_weighted_mean_and_touches_nothing_else(tiny_c
                 if t.is_floating_point():
                     t.add_(torch.randn_like(t))
     before = [{n: t.clone() for n, t in c.model.state_dict().items()} for c in clients]
-    uploads = [Upload(c, {n: t.clone() for n, t in sim.method.upload(c).items()}, float(c.num_train)) for c in clients]
-    message = sim.method.aggregate(uploads)
+    uploads = [Upload(c, {n: t.clone() for n, t in sim.method.upload(c, 1).items()}, float(c.num_train)) for c in clients]
+    message, numbers = sim.method.aggregate(1, uploads)
+    assert numbers == {}  # FedAvg's server computes nothing but the mean
     for c in clients:
         sim.method.download(c, message)
 
@@ -71,7 +73,7 @@ def test_aggregation_is_the_sample_weighted_mean_and_touches_nothing_else(tiny_c
 def test_fedavg_makes_every_client_identical(tiny_cfg, tmp_path):
     sim = build(tiny_cfg(method="fedavg", model={"architectures": ["cnn"], "width": 0.25}), tmp_path)
     assert sim.clients[0].model.unet is None  # plain backbone by default
-    message = sim.method.aggregate([Upload(c, sim.method.upload(c), float(c.num_train)) for c in sim.clients])
+    message, _ = sim.method.aggregate(1, [Upload(c, sim.method.upload(c, 1), float(c.num_train)) for c in sim.clients])
     for c in sim.clients:
         sim.method.download(c, message)
     ref = sim.clients[0].model.state_dict()
@@ -81,7 +83,7 @@ def test_fedavg_makes_every_client_identical(tiny_cfg, tmp_path):
 
 def test_local_sends_nothing(tiny_cfg, tmp_path):
     sim = build(tiny_cfg(method="local"), tmp_path)
-    assert sim.method.upload(sim.clients[0]) is None and sim.initial_sync_bytes == 0
+    assert sim.method.upload(sim.clients[0], 1) is None and sim.initial_sync_bytes == 0
     assert sim.clients[0].model.unet is not None
 
 
@@ -121,3 +123,14 @@ def test_with_half_precision_payloads_the_server_keeps_what_it_sends(tiny_cfg, t
     assert floats and all(torch.equal(server[n].cpu(), client[n].cpu()) for n in floats)
     # and the values are fp16's: rounding them again changes nothing
     assert all(torch.equal(server[n], server[n].half().to(server[n].dtype)) for n in floats)
+
+
+@pytest.mark.parametrize("method", ["fedunet", "fd", "fedproto"])
+def test_payload_spec_is_the_template_in_the_payload_dtype_within_the_size_limit(tiny_cfg, tmp_path, method):
+    sim = build(tiny_cfg(method=method, federated={"rounds": 2, "payload_dtype": "float16"}), tmp_path)
+    c = sim.clients[0]
+    spec = sim.method.upload_spec(c)
+    sent = sim.method.upload(c, 1)
+    assert spec.shapes == {k: tuple(t.shape) for k, t in sent.items()}
+    assert {spec.dtypes[k] for k, t in sent.items() if t.is_floating_point()} == {"float16"}
+    assert spec.max_bytes == sim.method.max_bytes(sent)

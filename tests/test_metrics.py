@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from fedunet.metrics import Progress, best_round, summarize_round, write_csv
+from fedunet.metrics import LossReference, Progress, best_round, divergence, summarize_round, write_csv
 
 
 def test_personalized_is_sample_weighted_and_global_is_a_client_mean():
@@ -57,3 +57,39 @@ def test_progress_prints_one_line_per_round_in_logs():
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2 and "round 1/10" in lines[0] and "pers 50.00%" in lines[0] and "ETA" in lines[0]
     assert "global" not in lines[1]
+
+
+# ------------------------------------------------------------------ divergence
+
+
+def test_divergence_rule():
+    assert divergence(2.0, 2.3, 10) == ""
+    assert "exceeds 10x" in divergence(6e17, 2.3, 10)
+    assert divergence(24.0, 2.3, 10) and not divergence(22.9, 2.3, 10)
+    assert "nan" in divergence(float("nan"), None, 10)
+    assert divergence(5.0, None, 10) == ""
+
+
+@pytest.mark.parametrize(
+    "losses, reference",
+    [
+        ([2.0, 8.0, 60.0], 8.0),  # a regularizer that starts in round 2 raises the reference
+        ([2.0, 1.0, 60.0], 2.0),  # never lowers it
+        ([2.0, 6e17, 2.0], 2.0),  # an exploding round 2 never becomes the reference
+        ([float("nan"), 3.0, 5.0, 90.0], 5.0),  # the first two *finite* losses
+        ([float("nan")], None),
+    ],
+)
+def test_loss_reference_is_the_first_finite_loss_raised_to_the_second_unless_it_diverged(losses, reference):
+    assert LossReference.of(losses, 10).value == reference
+    ref = LossReference(10)  # the engine's way: one loss at a time
+    for loss in losses:
+        if math.isfinite(loss):
+            ref.add(loss)
+    assert ref.value == reference and ref.seen == min(sum(map(math.isfinite, losses)), 2)
+
+
+def test_loss_reference_checks_against_its_value():
+    ref = LossReference.of([2.0, 8.0], 10)
+    assert ref.check(60.0) == "" and "exceeds 10x" in ref.check(90.0)
+    assert "nan" in LossReference(10).check(float("nan")) and LossReference(10).check(1e30) == ""

@@ -35,7 +35,7 @@ def test_vgg_feature_width_follows_multiplier():
 
 
 def test_unknown_architecture_names_the_allowed_ones():
-    with pytest.raises(ValueError, match="allowed: .*resnet18.*vgg16"):
+    with pytest.raises(ValueError, match="model.architectures: unknown architecture 'vgg17'; allowed values: .*resnet18.*vgg16"):
         models.create("vgg17", in_channels=3, input_size=32)
 
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedunet.data import ClientLoader, Normalizer, make_synthetic
+from fedunet.batches import ClientLoader, Normalizer
+from fedunet.data import make_synthetic
 from fedunet.partition import Partition, PartitionError, least_samples, make_partition, pooled
 
 LABELS = torch.arange(3000) % 10

@@ -25,9 +25,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fedunet import compile as fcompile
 from fedunet import config, methods
 from fedunet.determinism import DeterministicAdaptiveAvgPool, replace_nondeterministic
-from fedunet.federated import RunError, Simulation, train
+from fedunet.federated import Simulation, train
 from fedunet.model import ClientModel, ModelSpec
-from fedunet.setup import CUBLAS_WORKSPACE, resolve_runtime
+from fedunet.runtime import CUBLAS_WORKSPACE, RunError, derive_seed, resolve_runtime
 
 CUDA = torch.cuda.is_available()
 cuda = pytest.mark.cuda
@@ -422,3 +422,15 @@ def test_cuda_inductor_compile_never_falls_back(tmp_path):
     assert summary["provenance"]["compile"]["fallbacks"] == 0
     assert not [e for e in summary["events"] if e["event"] == "compile_fallback"]
     assert summary["final"]["pers_acc"] > 0.4  # 3 classes: chance is 1/3
+
+
+def test_derived_seeds_are_stable():
+    assert derive_seed(0, "model", 1) == derive_seed(0, "model", 1) != derive_seed(0, "model", 2)
+    assert derive_seed(0, "model", 1) == 535_332_118_539_220_824  # same on every machine (SHA-256)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+def test_cuda_requested_without_cuda_names_the_field(tiny_cfg):
+    cfg = tiny_cfg(runtime={"device": "cuda", "threads": 1})
+    with pytest.raises(RunError, match=r"runtime.device: 'cuda' requested but CUDA is not available"):
+        resolve_runtime(cfg)

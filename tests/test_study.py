@@ -1,6 +1,6 @@
 import pytest
 
-from fedunet import methods, models
+from fedunet import methods, models, study
 from fedunet.config import load_yaml
 from fedunet.study import RunKey, Study, StudyError, alpha_label
 
@@ -79,10 +79,50 @@ def test_partition_files_are_named_by_their_settings():
     assert Study(lr).partition_file(key) == name  # training settings do not touch partitions
 
 
-def test_workflow_schema_lists_every_architecture_and_method():
-    schema = load_yaml(open("workflow/schemas/config.schema.yaml").read())
-    assert sorted(schema["$defs"]["architecture"]["enum"]) == models.available()
-    assert sorted(schema["$defs"]["method"]["enum"]) == methods.available()
+def test_unknown_architecture_or_method_names_the_field_and_the_registered_ones():
+    cfg = study_cfg(x={"methods": ["fedsgd"]})
+    cfg["architecture_sets"]["cnn"] = ["vgg12"]
+    with pytest.raises(StudyError) as err:
+        Study(cfg)
+    assert err.value.problems == [
+        f"architecture_sets.cnn.0: 'vgg12' is not allowed; allowed values: {', '.join(models.available())}",
+        f"experiments.x.methods.0: 'fedsgd' is not allowed; allowed values: {', '.join(methods.available())}",
+    ]
+
+
+def test_unknown_key_in_an_experiment_is_reported_once_and_by_name():
+    with pytest.raises(StudyError) as err:
+        Study(study_cfg(x={"alphas": [0.1]}, y={"methods": ["fedsgd"]}))
+    assert len(err.value.problems) == 2  # y's bad method is not also reported as an unexpected key
+    assert "experiments.x: Unevaluated properties are not allowed ('alphas' was unexpected)" in err.value.problems
+    assert err.value.problems[1].startswith("experiments.y.methods.0: 'fedsgd' is not allowed")
+
+
+@pytest.fixture
+def scratch_registries(monkeypatch):
+    """Backbones and methods registered by a test are forgotten after it."""
+    for registry in (models.REGISTRY, methods.REGISTRY):
+        monkeypatch.setattr(registry, "_members", dict(registry._members))
+
+
+def test_a_newly_registered_architecture_and_method_are_valid_in_a_study(scratch_registries):
+    schema_file = load_yaml(study.SCHEMA_FILE.read_text())
+    cfg = study_cfg(new={"architectures": ["toy"], "methods": ["toy-method"]})
+    cfg["architecture_sets"]["toy"] = ["toy-net", "cnn"]
+    with pytest.raises(StudyError, match="'toy-net' is not allowed"):
+        Study(cfg)
+
+    @models.register("toy-net")
+    def toy_net(in_channels, input_size, width): ...
+
+    @methods.register
+    class ToyMethod(methods.get("local")):
+        name = "toy-method"
+
+    s = Study(cfg)
+    assert RunKey("toy", "toy-method", 32, "add", "a0.5", 0) in s.runs
+    assert s.run_config(RunKey("toy", "toy-method", 32, "add", "a0.5", 0))["model"]["architectures"] == ["toy-net", "cnn"]
+    assert load_yaml(study.SCHEMA_FILE.read_text()) == schema_file  # the schema file is as it was
 
 
 @pytest.mark.parametrize("path", ["config/config.yaml", "config/quick.yaml", "config/smoke.yaml", "config/htfl.yaml"])

@@ -3,21 +3,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import one_thread  # noqa: F401  (autouse: every test here on one thread)
 
 from fedunet import models
 from fedunet.federated import Simulation
 from fedunet.model import ClientModel, ModelSpec, count_parameters, select_state
 from fedunet.models.vit import CONFIGS, hidden_size, patch_size_for
 from fedunet.unet import BOTTLENECK_PREFIX
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models: one intra-op thread is fastest, and far faster on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def vit_parameters(C, p, N, h, m, L, token=True):

@@ -187,7 +187,8 @@ def smoke(tmp_path_factory):
     # caught between two checkpoints (so that the rerun resumes it mid-training).
     while proc.poll() is None and not (len(list(runs.glob("**/summary.json"))) >= 4 and unfinished_checkpoint(runs)):
         time.sleep(0.05)
-    assert proc.poll() is None, "the smoke study ended before it could be interrupted:\n" + (workdir / "first-attempt.log").read_text()[-3000:]
+    log_tail = (workdir / "first-attempt.log").read_text()[-3000:]
+    assert proc.poll() is None, "the smoke study ended before it could be interrupted:\n" + log_tail
     os.killpg(proc.pid, signal.SIGTERM)  # as a scheduler or Ctrl-C would
     proc.wait()
     log.close()

@@ -1,38 +1,30 @@
 """Federated methods, created by name.  Each method is one file holding one subclass of
-:class:`fedunet.methods.base.Method`, registered with :func:`register`.
+:class:`fedunet.methods.base.Method`, registered with :func:`register` under its ``name``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from fedunet.methods.base import Method
+from fedunet.registry import Registry
 
-_REGISTRY: dict[str, type[Method]] = {}
+# Bound before the method files are imported, because each of them runs
+# ``from fedunet.methods import register`` while this package is half imported.  (With the
+# registry in a module the method files import from, e.g. fedunet.methods.base, this file could
+# hold imports only.)
+REGISTRY: Registry[type[Method]] = Registry("method", field="method")
+register = REGISTRY.register  # bare @register on a Method subclass: registered under its `name`
 
-
-def register(cls: type[Method]) -> type[Method]:
-    if cls.name in _REGISTRY:
-        raise ValueError(f"method {cls.name!r} is registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
+# each method file registers its method when imported
+from fedunet.methods import fd, fedavg, fedgh, fedkd, fedproto, fedtgp, fedunet, fml, lg_fedavg, local  # noqa: E402,F401
 
 
 def available() -> list[str]:
-    return sorted(_REGISTRY)
+    return REGISTRY.names()
 
 
 def get(name: str) -> type[Method]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"method: unknown method {name!r}; allowed values: {', '.join(available())}") from None
+    return REGISTRY.get(name)
 
 
 def create(cfg: dict) -> Method:
     return get(cfg["method"])(cfg)
-
-
-Factory = Callable[[dict], Method]
-
-from fedunet.methods import fd, fedavg, fedgh, fedkd, fedproto, fedtgp, fedunet, fml, lg_fedavg, local  # noqa: E402,F401

@@ -1,15 +1,29 @@
-"""The interface every federated method implements, and the shared-by-name base of the FedUNet family.
+"""The interface every federated method implements, and the shared base classes of the methods.
 
-A round, as the engine runs it (in the spirit of Flower's strategies)::
+A round, as the engine (``fedunet/federated.py``) runs it, in the spirit of Flower's
+strategies: small hooks, the round passed in, the server step returning its numbers::
 
     participants = method.configure_round(round, clients, generator)
     for client in participants:
-        client.train(epochs, method.loss)            # local objective
-        payload = method.upload(client)              # named tensors, serialized for real
-    message = method.aggregate(valid_uploads)        # server, after checking every payload
-    for client in clients: method.download(client, message)
+        method.begin_round(client, round)             # reset what the client accumulates
+        client.train(epochs, method.loss)             # local objective
+        payload = method.upload(client, round)        # named tensors, serialized for real
+    for each payload: decode it against method.upload_spec(client), method.check_upload(client, tensors)
+    message, numbers = method.aggregate(round, valid_uploads)   # server
+    for client in clients: method.download(client, message)     # serialized and decoded too
 
-A new method is one file: subclass :class:`Method`, set ``name``, override what differs.
+Server hooks take the round first (as Flower's ``aggregate_fit(server_round, ...)``), client hooks
+take the client first.  ``upload`` is pure: it reads the client and changes nothing, so calling
+it twice gives the same payload (what a client accumulates while training is reset in
+``begin_round``).  The numbers ``aggregate`` returns (FedKD's SVD energy and rank, FedTGP's
+margin...) go into the round's row of ``metrics.csv`` as ``server_<name>`` columns
+(:data:`SERVER_PREFIX`); ``summary.json`` leaves them out of its final row.
+
+A new method is one file: subclass :class:`Method` (or :class:`StateSharing`, which FedAvgs
+model tensors chosen by name, or :class:`PrototypeMethod`, which uploads class prototypes), set
+``name``, override what differs.  Server-side helpers (weighted means, what clients decode,
+training on prototypes) are in ``fedunet/methods/aggregate.py``; the client-side prototype math
+is in ``fedunet/methods/prototypes.py``.
 """
 
 from __future__ import annotations
@@ -22,8 +36,13 @@ import torch
 from torch import Tensor
 
 from fedunet.client import Client, cross_entropy
+from fedunet.methods.aggregate import as_sent, weighted_mean
+from fedunet.methods.prototypes import class_feature_means, prototype_loss, prototype_scores
 from fedunet.model import select_state
-from fedunet.serialization import WIRE_DTYPES, PayloadError, PayloadSpec
+from fedunet.serialization import PayloadError, PayloadSpec
+
+# metrics.csv column prefix of the numbers a method's server step returns
+SERVER_PREFIX = "server_"
 
 
 @dataclass
@@ -58,13 +77,16 @@ class Method:
     def configure_round(self, round_: int, clients: list[Client], generator: torch.Generator) -> list[Client]:
         """Sample the participants of a round: max(1, floor(participation * clients)) of them, the
         FedAvg convention (McMahan et al.; HtFLlib's int(clients * join_ratio))."""
-        self.round = round_
         fraction = self.cfg["federated"]["participation"]
         if fraction >= 1.0:
             return list(clients)
         k = participants(fraction, len(clients))
         chosen = torch.randperm(len(clients), generator=generator)[:k].sort().values
         return [clients[i] for i in chosen.tolist()]
+
+    def begin_round(self, client: Client, round_: int) -> None:
+        """Before ``client`` trains in round ``round_``: reset what its local training accumulates
+        for the upload (FD's logit sums, the prototype sums of ``prototypes: during``)."""
 
     def loss(self, client: Client, x: Tensor, y: Tensor) -> Tensor:
         return cross_entropy(client, x, y)
@@ -73,8 +95,9 @@ class Method:
         """Class scores used for evaluation (the local model's logits unless a method says otherwise)."""
         return client.logits(x)
 
-    def upload(self, client: Client) -> dict[str, Tensor] | None:
-        """What ``client`` sends after local training (``None``: nothing)."""
+    def upload(self, client: Client, round_: int) -> dict[str, Tensor] | None:
+        """What ``client`` sends after local training in round ``round_`` (``None``: nothing).
+        Pure: it changes neither the client nor the method."""
         return None
 
     def upload_spec(self, client: Client) -> PayloadSpec | None:
@@ -85,9 +108,11 @@ class Method:
         """Method-specific checks of a decoded payload (beyond names, shapes, dtypes, finiteness);
         raise :class:`fedunet.serialization.PayloadError` to reject it."""
 
-    def aggregate(self, uploads: list[Upload]) -> dict[str, Tensor] | None:
-        """Server step over the accepted uploads; returns the message broadcast to the clients."""
-        return None
+    def aggregate(self, round_: int, uploads: list[Upload]) -> tuple[dict[str, Tensor] | None, dict[str, float]]:
+        """Server step of round ``round_`` over the accepted uploads: the message broadcast to the
+        clients (``None``: nothing), and the server's numbers of the round (``{}``: none), which
+        the engine writes to ``metrics.csv`` as ``server_<name>``."""
+        return None, {}
 
     def download(self, client: Client, message: dict[str, Tensor]) -> None:
         """Apply the server's message to a client."""
@@ -106,26 +131,15 @@ class Method:
             return int(limit * 1e6)
         return 2 * sum(t.numel() * t.element_size() for t in template.values()) + 1_000_000
 
+    def payload_spec(self, template: dict[str, Tensor]) -> PayloadSpec:
+        """What the server accepts when every upload has the names, shapes and dtypes of
+        ``template``: in the run's payload dtype, within :meth:`max_bytes`."""
+        return PayloadSpec.for_tensors(template, self.cfg["federated"]["payload_dtype"], max_bytes=self.max_bytes(template))
+
 
 def participants(fraction: float, num_clients: int) -> int:
     """floor(fraction * clients), at least one; 1e-9 absorbs binary rounding (0.29 * 100 is 28.999...)."""
     return max(1, math.floor(fraction * num_clients + 1e-9))
-
-
-def as_sent(tensors: dict[str, Tensor], payload_dtype: str) -> dict[str, Tensor]:
-    """The values a receiver decodes from a payload in ``payload_dtype`` (floats rounded to the wire
-    type and back); what a server keeps of its own message, so that it holds what the clients hold."""
-    wire = WIRE_DTYPES[payload_dtype]
-    if wire == torch.float32:
-        return tensors
-    return {k: v.to(wire).to(v.dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-
-
-def reweighted(uploads: list[Upload], aggregation: str) -> list[Upload]:
-    """The uploads with FedAvg's sample weights (``weighted``) or equal weights (``mean``, HtFLlib's servers)."""
-    if aggregation == "weighted":
-        return uploads
-    return [Upload(u.client, u.tensors, 1.0) for u in uploads]
 
 
 def clip_gradients(client: Client, modules: list[torch.nn.Module], max_norm: float | None) -> None:
@@ -139,18 +153,6 @@ def clip_gradients(client: Client, modules: list[torch.nn.Module], max_norm: flo
             torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
 
     client.optimizer.register_step_pre_hook(clip)
-
-
-def weighted_mean(uploads: list[Upload]) -> dict[str, Tensor]:
-    """FedAvg: sample-weighted mean of each named tensor; integer tensors are rounded."""
-    total = sum(u.weight for u in uploads)
-    out: dict[str, Tensor] = {}
-    for name, first in uploads[0].tensors.items():
-        acc = torch.zeros(first.shape, dtype=torch.float64 if first.dtype == torch.float64 else torch.float32)
-        for u in uploads:
-            acc.add_(u.tensors[name].to(acc.dtype), alpha=u.weight / total)
-        out[name] = acc if first.is_floating_point() else acc.round().to(first.dtype)
-    return out
 
 
 class StateSharing(Method):
@@ -174,23 +176,25 @@ class StateSharing(Method):
             raise ValueError(f"method {self.name}: no model tensor starts with {self.prefix!r}")
         # The server starts from client 0's initial values and sends them to everyone.
         self.global_state = {k: v.detach().to("cpu", copy=True) for k, v in ref.items()}
-        self.spec = PayloadSpec.for_tensors(
-            self.global_state, self.cfg["federated"]["payload_dtype"], max_bytes=self.max_bytes(self.global_state)
-        )
+        self.spec = self.payload_spec(self.global_state)
         return self.global_state
 
     def shared(self, client: Client) -> dict[str, Tensor]:
         return select_state(client.model, self.prefix, self.cfg["federated"]["share_buffers"])
 
-    def upload(self, client: Client) -> dict[str, Tensor]:
+    def upload(self, client: Client, round_: int) -> dict[str, Tensor]:
         return self.shared(client)
 
     def upload_spec(self, client: Client) -> PayloadSpec:
         return self.spec
 
-    def aggregate(self, uploads: list[Upload]) -> dict[str, Tensor]:
-        self.global_state = as_sent(weighted_mean(uploads), self.cfg["federated"]["payload_dtype"])
-        return self.global_state
+    def mean(self, uploads: list[Upload]) -> dict[str, Tensor]:
+        """The server's average of the uploads (FedAvg's sample-weighted mean)."""
+        return weighted_mean(uploads)
+
+    def aggregate(self, round_: int, uploads: list[Upload]) -> tuple[dict[str, Tensor], dict[str, float]]:
+        self.global_state = as_sent(self.mean(uploads), self.cfg["federated"]["payload_dtype"])
+        return self.global_state, {}
 
     def download(self, client: Client, message: dict[str, Tensor]) -> None:
         with torch.no_grad():
@@ -202,46 +206,6 @@ class StateSharing(Method):
 
     def load_state_dict(self, state: dict) -> None:
         self.global_state = state["global_state"]
-
-
-@torch.no_grad()
-def class_feature_means(client: Client) -> tuple[Tensor, Tensor]:
-    """Per-class mean of the model's features over the client's training samples.
-
-    Eval mode, no augmentation: the prototypes of the model as trained this round.
-    Returns ``(means C x K, counts C)``; classes the client lacks have zero rows.
-    """
-    model = client.model
-    was_training = model.training
-    model.eval()
-    sums = counts = None
-    for x, y in client.unaugmented_batches():
-        with client.autocast():
-            f = model.features(x).float()
-        if sums is None:
-            num_classes = model.classifier.out_features
-            sums = torch.zeros(num_classes, f.shape[1], device=f.device)
-            counts = torch.zeros(num_classes, dtype=torch.int64, device=f.device)
-        sums.index_add_(0, y, f)
-        counts += torch.bincount(y, minlength=sums.shape[0])
-    model.train(was_training)
-    means = sums / counts.clamp(min=1).unsqueeze(1).to(sums.dtype)
-    return means.cpu(), counts.cpu()
-
-
-def prototype_loss(features: Tensor, y: Tensor, prototypes: Tensor, present: Tensor) -> Tensor:
-    """MSE between features and the global prototype of their class (FedProto/FedTGP regularizer).
-
-    Rows of classes without a global prototype contribute nothing, as in HtFLlib.
-    """
-    target = torch.where(present[y].unsqueeze(1), prototypes[y].to(features.dtype), features.detach())
-    return torch.nn.functional.mse_loss(features, target)
-
-
-def prototype_scores(features: Tensor, prototypes: Tensor, present: Tensor) -> Tensor:
-    """Class scores from the distance to each global prototype (nearest prototype wins)."""
-    dist = torch.cdist(features.float(), prototypes.float().to(features.device)) ** 2
-    return -dist.masked_fill(~present.to(features.device).unsqueeze(0), float("inf"))
 
 
 class PrototypeMethod(Method):
@@ -274,19 +238,22 @@ class PrototypeMethod(Method):
             "protos": torch.zeros(self.num_classes, self.width),
             "counts": torch.zeros(self.num_classes, dtype=torch.int64),
         }
-        self.spec = PayloadSpec.for_tensors(template, self.cfg["federated"]["payload_dtype"], max_bytes=self.max_bytes(template))
+        self.spec = self.payload_spec(template)
         return None
 
     def upload_spec(self, client: Client) -> PayloadSpec:
         return self.spec
 
-    def upload(self, client: Client) -> dict[str, Tensor]:
+    def begin_round(self, client: Client, round_: int) -> None:
+        if self.during:
+            client.state["proto_sums"].zero_()
+            client.state["proto_counts"].zero_()
+
+    def upload(self, client: Client, round_: int) -> dict[str, Tensor]:
         if self.during:
             st = client.state
             counts = st["proto_counts"].clone()
             protos = st["proto_sums"] / counts.clamp(min=1).unsqueeze(1).to(st["proto_sums"].dtype)
-            st["proto_sums"].zero_()
-            st["proto_counts"].zero_()
             return {"protos": protos.cpu(), "counts": counts.cpu()}
         protos, counts = class_feature_means(client)
         return {"protos": protos, "counts": counts}
@@ -310,28 +277,3 @@ class PrototypeMethod(Method):
         if self.hp.get("inference") == "prototype" and bool(client.state["present"].any()):
             return prototype_scores(client.model.features(x), client.state["protos"], client.state["present"])
         return client.logits(x)
-
-
-def uploaded_prototypes(uploads: list[Upload]) -> tuple[Tensor, Tensor]:
-    """Every (prototype, class) pair the clients sent this round, as float32 tensors."""
-    protos, labels = [], []
-    for u in uploads:
-        have = u.tensors["counts"] > 0
-        protos.append(u.tensors["protos"][have].float())
-        labels.append(torch.nonzero(have).flatten())
-    return torch.cat(protos), torch.cat(labels)
-
-
-def train_on_prototypes(
-    parameters, loss_fn, protos: Tensor, labels: Tensor, lr: float, epochs: int, batch_size: int, generator: torch.Generator
-) -> None:
-    """Server-side plain SGD over the round's (prototype, class) pairs (FedGH's header, FedTGP's generator)."""
-    opt = torch.optim.SGD(parameters, lr=lr)
-    for _ in range(epochs):
-        order = torch.randperm(len(labels), generator=generator)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            loss = loss_fn(protos[idx], labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()

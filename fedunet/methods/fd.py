@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from fedunet.methods import register
 from fedunet.methods.base import Method, Upload
-from fedunet.serialization import PayloadError, PayloadSpec
+from fedunet.serialization import PayloadError
 
 
 @register
@@ -46,7 +46,7 @@ class FedDistill(Method):
                 present=torch.zeros(c, dtype=torch.bool, device=dev),
             )
         template = {"logits": torch.zeros(c, c), "counts": torch.zeros(c, dtype=torch.int64)}
-        self.spec = PayloadSpec.for_tensors(template, self.cfg["federated"]["payload_dtype"], max_bytes=self.max_bytes(template))
+        self.spec = self.payload_spec(template)
         return None
 
     def loss(self, client, x, y):
@@ -70,25 +70,27 @@ class FedDistill(Method):
     def upload_spec(self, client):
         return self.spec
 
-    def upload(self, client):
+    def begin_round(self, client, round_):
+        client.state["logit_sums"].zero_()  # the logits of this round's training, for its upload
+        client.state["logit_counts"].zero_()
+
+    def upload(self, client, round_):
         st = client.state
         counts = st["logit_counts"].clone()
         means = st["logit_sums"] / counts.clamp(min=1).unsqueeze(1)
-        st["logit_sums"].zero_()
-        st["logit_counts"].zero_()
         return {"logits": means.cpu(), "counts": counts.cpu()}
 
     def check_upload(self, client, tensors):
         if bool((tensors["counts"] < 0).any()):
             raise PayloadError("tensor 'counts' has negative entries")
 
-    def aggregate(self, uploads: list[Upload]):
+    def aggregate(self, round_, uploads: list[Upload]):
         logits = torch.stack([u.tensors["logits"].float() for u in uploads])  # clients x C x C
         have = torch.stack([u.tensors["counts"] > 0 for u in uploads]).float()  # clients x C
         clients_per_class = have.sum(0)
         mean = (logits * have.unsqueeze(2)).sum(0) / clients_per_class.clamp(min=1).unsqueeze(1)
         counts = torch.stack([u.tensors["counts"] for u in uploads]).sum(0)
-        return {"logits": mean, "counts": counts}
+        return {"logits": mean, "counts": counts}, {}
 
     def download(self, client, message):
         client.state["global_logits"] = message["logits"].float().to(client.device)

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedunet.methods import register
-from fedunet.methods.base import PrototypeMethod, Upload, as_sent, train_on_prototypes, uploaded_prototypes
+from fedunet.methods.aggregate import as_sent, train_on_prototypes, uploaded_prototypes
+from fedunet.methods.base import PrototypeMethod, Upload
 
 
 @register
@@ -40,7 +41,7 @@ class FedGH(PrototypeMethod):
         self.header.load_state_dict(sent)
         return sent
 
-    def aggregate(self, uploads: list[Upload]):
+    def aggregate(self, round_, uploads: list[Upload]):
         protos, labels = uploaded_prototypes(uploads)
         train_on_prototypes(
             self.header.parameters(),
@@ -52,7 +53,7 @@ class FedGH(PrototypeMethod):
             self.cfg["training"]["batch_size"],
             self.generator,
         )
-        return self.message()
+        return self.message(), {"prototypes": len(labels)}
 
     def download(self, client, message):
         client.model.classifier.load_state_dict({k: v.to(client.device) for k, v in message.items()})

@@ -39,7 +39,8 @@ from torch import nn
 
 from fedunet import models
 from fedunet.methods import register
-from fedunet.methods.base import Method, Upload, as_sent, clip_gradients, reweighted
+from fedunet.methods.aggregate import as_sent, reweighted
+from fedunet.methods.base import Method, Upload, clip_gradients
 from fedunet.methods.fml import AGGREGATION, CLIENT0, CLIP, GRADIENTS, KL_REDUCTION, attach_small_model, kl, small_architecture
 from fedunet.serialization import PayloadError, PayloadSpec
 
@@ -161,14 +162,15 @@ class FedKD(Method):
     def per_kernel(self, t: torch.Tensor) -> bool:
         return self.hp["svd"] == "per_kernel" and t.is_floating_point() and t.ndim == 4
 
-    def energy(self) -> float:
+    def energy(self, round_: int) -> float:
+        """The energy T the factors keep in round ``round_``."""
         start, end = self.hp["energy_start"], self.hp["energy_end"]
         rounds = self.hp["energy_rounds"] or self.cfg["federated"]["rounds"]
-        step = getattr(self, "round", 1) - (1 if self.hp["energy_schedule"] == "htfllib" else 0)
+        step = round_ - (1 if self.hp["energy_schedule"] == "htfllib" else 0)
         return start + min(step / rounds, 1.0) * (end - start)
 
-    def compress(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out, energy, rule = {}, self.energy(), self.hp["rank_rule"]
+    def compress(self, tensors: dict[str, torch.Tensor], round_: int) -> dict[str, torch.Tensor]:
+        out, energy, rule = {}, self.energy(round_), self.hp["rank_rule"]
         for name, t in tensors.items():
             if not t.is_floating_point():
                 out[f"{name}.value"] = t
@@ -213,19 +215,21 @@ class FedKD(Method):
                 if u.shape[-1] != k or v.shape[-2] != k or not least <= k <= most:
                     raise PayloadError(f"tensor {name!r}: inconsistent SVD factor ranks")
 
-    def upload(self, client):
+    def upload(self, client, round_):
         """The compressed mentee: its change since the global mentee it last received (``update``),
         or its parameters (``parameters``)."""
         mentee = client.aux["mentee"].state_dict()
         if self.hp["compress"] == "parameters":
-            return self.compress({name: t.detach().cpu() for name, t in mentee.items()})
+            return self.compress({name: t.detach().cpu() for name, t in mentee.items()}, round_)
         update = {}
         for name, t in mentee.items():
             base = client.state[f"base:{name}"]
             update[name] = (t.detach().float() - base.float()).cpu() if t.is_floating_point() else t.detach().cpu()
-        return self.compress(update)
+        return self.compress(update, round_)
 
-    def aggregate(self, uploads: list[Upload]):
+    def aggregate(self, round_, uploads: list[Upload]):
+        """The compressed mean of the reconstructed uploads; numbers: the round's energy and the mean
+        rank of the message's factored tensors."""
         uploads = reweighted(uploads, self.hp["aggregation"])
         total = sum(u.weight for u in uploads)
         decoded = [(u.weight / total, self.decompress(u.tensors)) for u in uploads]
@@ -233,13 +237,14 @@ class FedKD(Method):
         for name, ref in self.global_state.items():
             acc = sum(w * up[name].float() for w, up in decoded)
             mean[name] = acc if ref.is_floating_point() else acc.round().to(ref.dtype)
-        message = self.compress(mean)
+        message = self.compress(mean, round_)
         received = self.decompress(as_sent(message, self.cfg["federated"]["payload_dtype"]))
         if self.hp["compress"] == "parameters":
             self.global_state = received
         else:
             self.apply(self.global_state, received)
-        return message
+        ranks = [t.shape[-1] for name, t in message.items() if name.endswith(".S")]
+        return message, {"energy": self.energy(round_), "rank_mean": sum(ranks) / len(ranks) if ranks else 0.0}
 
     def download(self, client, message):
         """New global mentee: the decompressed message (``parameters``), or the last one received

@@ -47,7 +47,7 @@ class FedProto(PrototypeMethod):
     def loss(self, client, x, y):
         return self.prototype_regularized_loss(client, x, y)
 
-    def aggregate(self, uploads: list[Upload]):
+    def aggregate(self, round_, uploads: list[Upload]):
         protos = torch.stack([u.tensors["protos"].float() for u in uploads])  # clients x C x K
         counts = torch.stack([u.tensors["counts"] for u in uploads])  # clients x C
         total = counts.sum(0)
@@ -56,7 +56,7 @@ class FedProto(PrototypeMethod):
             weights = have / have.sum(0).clamp(min=1)
         else:
             weights = counts.float() / total.clamp(min=1).float()
-        return {"protos": (protos * weights.unsqueeze(2)).sum(0), "counts": total}
+        return {"protos": (protos * weights.unsqueeze(2)).sum(0), "counts": total}, {}
 
     def download(self, client, message):
         client.state["protos"] = message["protos"].float().to(client.device)

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedunet.methods import register
-from fedunet.methods.base import PrototypeMethod, Upload, train_on_prototypes, uploaded_prototypes
+from fedunet.methods.aggregate import train_on_prototypes, uploaded_prototypes
+from fedunet.methods.base import PrototypeMethod, Upload
 
 
 class PrototypeGenerator(nn.Module):
@@ -70,7 +71,7 @@ class FedTGP(PrototypeMethod):
         gap = dist.min(dim=1).values  # each class's distance to its nearest other class
         return min(float(gap.max()), self.hp["margin_threshold"])
 
-    def aggregate(self, uploads: list[Upload]):
+    def aggregate(self, round_, uploads: list[Upload]):
         protos, labels = uploaded_prototypes(uploads)
         margin = self.margin(protos, labels)
         net = self.generator_net
@@ -92,7 +93,8 @@ class FedTGP(PrototypeMethod):
         )
         net.eval()
         with torch.no_grad():
-            return {"protos": net().detach().clone()}
+            protos = net().detach().clone()
+        return {"protos": protos}, {"margin": margin, "prototypes": len(labels)}
 
     def download(self, client, message):
         client.state["protos"] = message["protos"].float().to(client.device)

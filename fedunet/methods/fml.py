@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from fedunet import models
 from fedunet.methods import register
-from fedunet.methods.base import StateSharing, as_sent, clip_gradients, reweighted, weighted_mean
+from fedunet.methods.aggregate import reweighted, weighted_mean
+from fedunet.methods.base import StateSharing, clip_gradients
 from fedunet.model import ClientModel, ModelSpec, select_state
 
 # common options of the methods that train a shared small model beside the private one
@@ -99,10 +100,8 @@ class FML(StateSharing):
     def shared(self, client):
         return select_state(client.aux["meme"], "", self.cfg["federated"]["share_buffers"])
 
-    def aggregate(self, uploads):
-        mean = weighted_mean(reweighted(uploads, self.hp["aggregation"]))
-        self.global_state = as_sent(mean, self.cfg["federated"]["payload_dtype"])
-        return self.global_state
+    def mean(self, uploads):
+        return weighted_mean(reweighted(uploads, self.hp["aggregation"]))
 
     def loss(self, client, x, y):
         out, out_meme = client.logits(x), client.aux["meme"](x)

@@ -28,31 +28,24 @@ def leaf_paths(node, prefix=()):
         yield prefix
 
 
-RUN_PATHS = list(leaf_paths(VALID_RUN))
-
-
-def set_path(cfg, path, value):
+def parent(cfg, path):
+    """The mapping that holds the leaf at ``path``."""
     node = cfg
     for p in path[:-1]:
         node = node[p]
-    node[path[-1]] = value
+    return node
 
 
 def mutate(cfg, data, paths, extra_keys):
     cfg = copy.deepcopy(cfg)
     kind = data.draw(st.sampled_from(["value", "unknown_key", "delete"]), label="kind")
     path = data.draw(st.sampled_from(paths), label="path")
+    node = parent(cfg, path)
     if kind == "value":
-        set_path(cfg, path, data.draw(st.sampled_from(BAD_VALUES), label="value"))
+        node[path[-1]] = data.draw(st.sampled_from(BAD_VALUES), label="value")
     elif kind == "unknown_key":
-        node = cfg
-        for p in path[:-1]:
-            node = node[p]
         node[data.draw(st.sampled_from(extra_keys), label="key")] = 1
     else:
-        node = cfg
-        for p in path[:-1]:
-            node = node[p]
         node.pop(path[-1], None)
     return cfg, path, kind
 
@@ -65,21 +58,36 @@ def fuzz_settings(request):
     )
 
 
-def test_run_config_mutations_fail_clearly(request, counts):
+def fuzz_mutations(request, counts, what, valid, extra_keys, validate, errors, names_the_field):
+    """Random mutations of ``valid`` through ``validate``: each passes or raises one of ``errors`` for
+    which ``names_the_field(error, path)`` gives (True, _); other exception types propagate and fail
+    the test.  ``counts`` gets the mutations tried and rejected under ``what``."""
+    paths = list(leaf_paths(valid))
+
     @fuzz_settings(request)
     @given(st.data())
     def check(data):
-        cfg, path, kind = mutate(VALID_RUN, data, RUN_PATHS, ["rondos", "lr2", "dataset_name"])
-        counts["run config mutations tried"] += 1
+        cfg, path, kind = mutate(valid, data, paths, extra_keys)
+        counts[f"{what} mutations tried"] += 1
         try:
-            config.validate(cfg)
-        except ConfigError as e:
-            counts["run config mutations rejected with a named field"] += 1
-            named = [p for p in e.problems if any(str(part) in p for part in path) or "unknown key" in p]
-            assert named, f"{kind} at {'.'.join(path)}: {e.problems}"
-        # other exception types propagate and fail the test
+            validate(cfg)
+        except errors as e:
+            counts[f"{what} mutations rejected with a named field"] += 1
+            named, detail = names_the_field(e, path)
+            assert named, f"{kind} at {'.'.join(map(str, path))}: {detail}"
 
     check()
+
+
+def problems_name_the_field(e, path):
+    """A ConfigError lists a problem naming a part of the mutated path (or the unknown key)."""
+    named = [p for p in e.problems if any(str(part) in p for part in path) or "unknown key" in p]
+    return bool(named), e.problems
+
+
+def test_run_config_mutations_fail_clearly(request, counts):
+    typos = ["rondos", "lr2", "dataset_name"]
+    fuzz_mutations(request, counts, "run config", VALID_RUN, typos, config.validate, ConfigError, problems_name_the_field)
 
 
 @pytest.mark.parametrize(
@@ -112,7 +120,6 @@ def test_cli_rejects_before_anything_runs(tmp_path, counts, overrides, field):
 
 
 STUDY = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
-STUDY_PATHS = list(leaf_paths(STUDY))
 
 
 def validate_study(cfg):
@@ -123,22 +130,16 @@ def validate_study(cfg):
     return Study(cfg)
 
 
+def message_names_the_field(e, path):
+    """The error's message names a part of the mutated path (or the unknown property)."""
+    text = str(e) + str(getattr(e, "args", ""))
+    return any(str(part) in text for part in path) or "Additional properties" in text or "unknown" in text, text[:500]
+
+
 def test_study_config_mutations_fail_clearly(request, counts):
     import jsonschema
     from snakemake.exceptions import WorkflowError
 
-    @fuzz_settings(request)
-    @given(st.data())
-    def check(data):
-        cfg, path, kind = mutate(STUDY, data, STUDY_PATHS, ["alphas", "experimnts", "seed"])
-        counts["study config mutations tried"] += 1
-        try:
-            validate_study(cfg)
-        except (WorkflowError, jsonschema.ValidationError, StudyError) as e:
-            counts["study config mutations rejected with a named field"] += 1
-            text = str(e) + str(getattr(e, "args", ""))
-            assert any(str(part) in text for part in path) or "Additional properties" in text or "unknown" in text, (
-                f"{kind} at {'.'.join(map(str, path))}: {text[:500]}"
-            )
-
-    check()
+    errors = (WorkflowError, jsonschema.ValidationError, StudyError)
+    typos = ["alphas", "experimnts", "seed"]
+    fuzz_mutations(request, counts, "study config", STUDY, typos, validate_study, errors, message_names_the_field)

@@ -20,11 +20,12 @@ import yaml
 
 from fedunet import cli, config, serialization
 from fedunet.federated import Simulation, train
-from fedunet.methods.base import Upload, weighted_mean
+from fedunet.methods.aggregate import weighted_mean
+from fedunet.methods.base import Upload
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
-from helpers import tiny_raw  # noqa: E402
+from helpers import tiny_raw, wrap_client_train  # noqa: E402
 from test_federated import read_metrics  # noqa: E402
 
 
@@ -218,15 +219,13 @@ def test_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path, counts):
 def test_client_with_exploding_learning_rate_is_excluded_and_reported(tmp_path, counts):
     sim = Simulation(tiny(federated={"rounds": 3}), tmp_path)
     sim.build()
-    victim = sim.clients[3]
-    original = victim.train
 
-    def train_with_huge_lr(epochs, loss_fn):
+    def train_with_huge_lr(train, epochs, loss_fn):
         for group in victim.optimizer.param_groups:
             group["lr"] = 1e12  # injected: the schedule set 0.01
-        return original(epochs, loss_fn)
+        return train(epochs, loss_fn)
 
-    victim.train = train_with_huge_lr
+    victim = wrap_client_train(sim, 3, train_with_huge_lr)
     rows = [sim.run_round(r) for r in (1, 2, 3)]
     counts["diverging clients injected"] += 1
     assert sum(r["diverged"] for r in rows) >= 1 and sum(r["rejected"] for r in rows) >= 1
@@ -236,7 +235,8 @@ def test_client_with_exploding_learning_rate_is_excluded_and_reported(tmp_path, 
     for r in rows:  # metrics still computed over every client: the sample-weighted mean of the clients' own
         clients = [c for c in sim.client_rows if c["round"] == r["round"]]
         assert len(clients) == 4 and all(0 <= c["pers_acc"] <= 1 for c in clients)
-        assert r["pers_acc"] == pytest.approx(sum(c["pers_acc"] * c["n_test"] for c in clients) / sum(c["n_test"] for c in clients))
+        weighted = sum(c["pers_acc"] * c["n_test"] for c in clients) / sum(c["n_test"] for c in clients)
+        assert r["pers_acc"] == pytest.approx(weighted)
 
 
 # ------------------------------------------------------------------ disks

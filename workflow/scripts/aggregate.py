@@ -25,7 +25,8 @@ import pandas as pd
 import study_markdown as md
 import study_tables as tables
 
-from fedunet.metrics import divergence
+from fedunet import summary as run_summary
+from fedunet.metrics import LossReference
 from fedunet.stats import flattened
 
 log = logging.getLogger("aggregate")
@@ -52,22 +53,20 @@ def run_rows(run_table: list[dict], loaded: dict[str, dict]) -> pd.DataFrame:
     facts = {run: _run_facts(files["summary"], files["metrics"]) for run, files in loaded.items()}
     for entry in run_table:
         s, f = loaded[entry["run"]]["summary"], facts[entry["run"]]
-        final, best = s["final"], s["best"]
-        # a best round chosen on a test split (summaries before validation splits) is not reported
-        fair = best.get("selected_by") == "val_acc"
-        prov = s["provenance"]
+        final, acc, comm = run_summary.final(s), run_summary.final_accuracy(s), run_summary.communication(s)
+        best = run_summary.best(s)  # None throughout when chosen on a test split (summaries before validation splits)
         rows.append(
             {
                 **entry,
                 "rounds": s["rounds"],
                 "reading": _reading(s["config"]["model"]),
-                "final_pers_acc": final.get("pers_acc"),
-                "final_pers_acc_client_std": final.get("pers_acc_std"),
-                "final_global_acc": final.get("global_acc"),
-                "best_round": best.get("round") if fair else None,
-                "best_val_acc": best.get("val_acc") if fair else None,
-                "best_pers_acc": best.get("pers_acc") if fair else None,
-                "best_global_acc": best.get("global_acc") if fair else None,
+                "final_pers_acc": acc["pers_acc"],
+                "final_pers_acc_client_std": acc["pers_acc_client_std"],
+                "final_global_acc": acc["global_acc"],
+                "best_round": best["round"],
+                "best_val_acc": best["val_acc"],
+                "best_pers_acc": best["pers_acc"],
+                "best_global_acc": best["global_acc"],
                 **{k: final.get(k) for k in tables.DIAGNOSTICS},
                 "diverged": f["diverged"],
                 "flattened": f["flattened"],
@@ -77,17 +76,11 @@ def run_rows(run_table: list[dict], loaded: dict[str, dict]) -> pd.DataFrame:
                 "mb_up_per_client": f["mb_up_per_client"],
                 "mb_down_per_client": f["mb_down_per_client"],
                 "mb_round_total": final["mb_round_total"],
-                "payload_bytes": s["communication"]["payload_bytes_up_per_client"],
-                "shared_tensor_bytes": s["communication"]["shared_tensor_bytes"],
-                "rejected_payloads": sum(1 for e in s["events"] if e["event"] == "payload_rejected"),
-                "wall_s": s["timing"]["wall_s"],
-                "mean_round_s": s["timing"]["mean_round_s"],
-                "commit": (prov["git"]["commit"] or "")[:12],
-                "dirty": prov["git"]["dirty"],
-                "device": prov["device"]["name"],
-                "cpu_capability": prov["device"].get("cpu_capability", ""),
-                "torch": prov["packages"]["torch"],
-                "finished": prov["finished"],
+                "payload_bytes": comm["payload_bytes"],
+                "shared_tensor_bytes": comm["shared_tensor_bytes"],
+                "rejected_payloads": run_summary.rejected_payloads(s),
+                **run_summary.timing(s),
+                **run_summary.provenance(s),
                 "dataset": s["dataset"],
             }
         )
@@ -103,25 +96,21 @@ def _run_facts(s: dict, m: pd.DataFrame) -> dict:
     """What the tables need beyond the summary, from the run's per-round metrics: divergence
     (flagged by the engine, or a final loss far above the first round's for runs made before the
     engine flagged it), whether the curves flattened, and traffic averaged over every round."""
-    factor = s["config"]["federated"].get("divergence_factor", 10)
     losses = m["train_loss"].tolist()
-    finite = [v for v in losses if math.isfinite(v)]
-    first = finite[0] if finite else None  # the engine's reference: round 1, raised to round 2 unless it diverged
-    if len(finite) > 1 and not divergence(finite[1], first, factor):
-        first = max(first, finite[1])
-    flagged = s.get("diverged", {}).get("any") or any(e["event"] == "diverged" for e in s["events"])
+    reference = LossReference.of(losses, run_summary.divergence_factor(s))  # the engine's rule, on the round means
+    flagged = run_summary.diverged(s)
     evaluated = m.dropna(subset=["pers_acc"])
     ok_p, delta_p = flattened(evaluated["pers_acc"].tolist())
     ok_g, delta_g = flattened(evaluated["global_acc"].tolist()) if "global_acc" in m else (True, math.nan)
     rounds, clients = len(m), len(s["clients"])
     senders = m["participants"].clip(lower=1)
     return {
-        "diverged": bool(flagged or (first is not None and divergence(losses[-1], first, factor))),
+        "diverged": bool(flagged or (reference.value is not None and reference.check(losses[-1]))),
         "flattened": bool(ok_p and ok_g),
         "delta_pers": delta_p,
         "delta_global": delta_g,
         # every byte of the run over its rounds (FedKD's payload changes from round to round)
-        "mb_per_round": (m["bytes_up"].sum() + m["bytes_down"].sum() + s["communication"].get("initial_sync_bytes", 0))
+        "mb_per_round": (m["bytes_up"].sum() + m["bytes_down"].sum() + run_summary.communication(s)["initial_sync_bytes"])
         / rounds
         / 1e6,
         "mb_up_per_client": float((m["bytes_up"] / senders).mean() / 1e6),
@@ -143,9 +132,8 @@ def curves(loaded: dict[str, dict]) -> pd.DataFrame:
 def per_architecture(runs: pd.DataFrame, loaded: dict[str, dict]) -> pd.DataFrame:
     rows = []
     for run in runs["run"].unique():
-        for key, value in loaded[run]["summary"]["final"].items():
-            if key.startswith("global_acc_") and key != "global_acc_std":
-                rows.append({"run": run, "architecture": key[len("global_acc_") :], "final_global_acc": value})
+        for arch, value in run_summary.architecture_accuracies(loaded[run]["summary"]).items():
+            rows.append({"run": run, "architecture": arch, "final_global_acc": value})
     return pd.DataFrame(rows, columns=["run", "architecture", "final_global_acc"])
 
 
@@ -156,7 +144,7 @@ def client_throughput(run_table: list[dict], loaded: dict[str, dict]) -> pd.Data
         c = loaded[entry["run"]]["clients"]
         if "time_train_s" not in c:
             continue
-        model = loaded[entry["run"]]["summary"]["model"]
+        model = run_summary.trained_models(loaded[entry["run"]]["summary"])
         # "unet": backbone + U-Net; "plain": the backbone alone; runs training extra models are left out
         kind = "unet" if model["unet"] else ("plain" if not model["aux_models"] else None)
         if kind is None:

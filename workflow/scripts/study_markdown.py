@@ -36,6 +36,7 @@ def _footer(prov: dict) -> str:
     )
 
 
+# What each table shows, printed under its title.
 ACCURACY_NOTE = (
     "Accuracy (%) as mean ± std over seeds (sample std). Personalized: each client on its own held-out split, "
     "sample-weighted (HtFLlib protocol). Global: each client model on the full test set, averaged over clients "
@@ -44,14 +45,56 @@ ACCURACY_NOTE = (
     "`diverged`: runs flagged as diverged (kept in the mean); `flattened`: runs whose last-5-round mean moved "
     "< 0.5 point from the 5 rounds before, on both protocols."
 )
+COMPARISONS_NOTE = (
+    "Paired differences of final-round accuracy, FedUNet minus the method in `versus`, over the seeds both ran "
+    "(same partition and seed), in percentage points with a 95% Student-t interval; `*` marks an interval that "
+    "excludes zero. `diverged`: runs flagged as diverged, FedUNet/other (they stay in the difference)."
+)
+READINGS_NOTE = (
+    "Fusion readings (`mode-source-head`, see the README): final round, mean ± std over seeds. Each path alone: "
+    "personalized accuracy with the other path zeroed at the classifier input. Norm ratio: mean L2 norm of the "
+    "U-Net's contribution over the backbone's at the classifier input. `local` trains the same model without sharing."
+)
+METHODS_NOTE = (
+    "Every method in the heterogeneous experiment, sorted by final global accuracy within each set of client "
+    "architectures. " + ACCURACY_NOTE + " Traffic: lengths of the real serialized payloads (MB = 10^6 bytes)."
+)
+COMMUNICATION_NOTE = (
+    "MB = 10^6 bytes of the real serialized payloads, per client per round (up, down) and per "
+    "round over all clients. FedAvg = the whole backbone + classifier of that client sent instead (fp32)."
+)
+COMPUTE_NOTE = (  # {d}: the U-Net's bottleneck size
+    "Training FLOPs per sample (forward + backward, torch FlopCounterMode) of each backbone alone and "
+    "with the d={d} U-Net; images/s from a microbenchmark (`fedunet info --measure`, batch 64) and as "
+    "measured inside the study's runs (per client, local training only). The U-Net is light in traffic, not in compute."
+)
+PAPER_VS_OURS_NOTE = (
+    "`paper`: the values stated by Seo, Lee, Park (arXiv 2508.12740), not reproduced by us. "
+    "`ours`: produced by this pipeline; accuracy on our dataset and protocol (see columns), so a gap may reflect the "
+    "dataset and settings rather than the method."
+)
+# the diagnostics shown as mean ± std by the readings table, and their labels
+READINGS_COLUMNS = {
+    "final_pers_acc": "personalized (%)",
+    "final_global_acc": "global (%)",
+    "pers_acc_backbone_only": "backbone path alone (%)",
+    "pers_acc_unet_only": "U-Net path alone (%)",
+}
+
+
+def _with_mean_std_columns(show: pd.DataFrame, t: pd.DataFrame, labels: dict) -> pd.DataFrame:
+    """A "mean ± std" column in % per ``{column: label}`` from ``t``'s ``<column>_mean`` and
+    ``<column>_std``: ``-`` where the mean is missing, a missing std (one seed) shown as 0."""
+    for col, label in labels.items():
+        show[label] = [
+            "-" if pd.isna(m) else f"{100 * m:.2f} ± {100 * (0 if pd.isna(s) else s):.2f}"
+            for m, s in zip(t[f"{col}_mean"], t[f"{col}_std"])
+        ]
+    return show
 
 
 def _with_accuracy_columns(show: pd.DataFrame, t: pd.DataFrame) -> pd.DataFrame:
-    for col, label in METRICS.items():
-        show[label + " (%)"] = [
-            "-" if math.isnan(m) else f"{100 * m:.2f} ± {100 * s:.2f}" for m, s in zip(t[f"{col}_mean"], t[f"{col}_std"])
-        ]
-    return show
+    return _with_mean_std_columns(show, t, {col: label + " (%)" for col, label in METRICS.items()})
 
 
 def accuracy_markdown(t: pd.DataFrame, prov: dict) -> str:
@@ -64,39 +107,17 @@ def comparisons_markdown(t: pd.DataFrame, prov: dict) -> str:
     for col, label in (("final_pers_acc", "personalized"), ("final_global_acc", "global")):
         show[f"FedUNet - X, {label} (pts, 95% CI)"] = [
             "-" if math.isnan(m) else f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]{' *' if holds else ''}"
-            for m, lo, hi, holds in zip(
-                t[f"{col}_diff_pts"], t[f"{col}_ci_low"], t[f"{col}_ci_high"], t[f"{col}_holds"]
-            )
+            for m, lo, hi, holds in zip(t[f"{col}_diff_pts"], t[f"{col}_ci_low"], t[f"{col}_ci_high"], t[f"{col}_holds"])
         ]
-    note = (
-        "Paired differences of final-round accuracy, FedUNet minus the method in `versus`, over the seeds both ran "
-        "(same partition and seed), in percentage points with a 95% Student-t interval; `*` marks an interval that "
-        "excludes zero. `diverged`: runs flagged as diverged, FedUNet/other (they stay in the difference)."
-    )
-    return markdown(show, "FedUNet against each method (paired over seeds)", note, prov)
+    return markdown(show, "FedUNet against each method (paired over seeds)", COMPARISONS_NOTE, prov)
 
 
 def readings_markdown(t: pd.DataFrame, prov: dict) -> str:
-    show = t[["archset", "reading", "method", "seeds", "diverged"]].copy()
-    for col, label in (
-        ("final_pers_acc", "personalized (%)"),
-        ("final_global_acc", "global (%)"),
-        ("pers_acc_backbone_only", "backbone path alone (%)"),
-        ("pers_acc_unet_only", "U-Net path alone (%)"),
-    ):
-        show[label] = [
-            "-" if pd.isna(m) else f"{100 * m:.2f} ± {100 * (0 if pd.isna(s) else s):.2f}"
-            for m, s in zip(t[f"{col}_mean"], t[f"{col}_std"])
-        ]
+    show = _with_mean_std_columns(t[["archset", "reading", "method", "seeds", "diverged"]].copy(), t, READINGS_COLUMNS)
     show["U-Net / backbone norm"] = [
         "-" if pd.isna(u) else f"{u / b:.3f}" for u, b in zip(t["norm_unet_mean"], t["norm_backbone_mean"])
     ]
-    note = (
-        "Fusion readings (`mode-source-head`, see the README): final round, mean ± std over seeds. Each path alone: "
-        "personalized accuracy with the other path zeroed at the classifier input. Norm ratio: mean L2 norm of the "
-        "U-Net's contribution over the backbone's at the classifier input. `local` trains the same model without sharing."
-    )
-    return markdown(show, "Fusion readings and whether the U-Net path is used", note, prov)
+    return markdown(show, "Fusion readings and whether the U-Net path is used", READINGS_NOTE, prov)
 
 
 def methods_markdown(t: pd.DataFrame, prov: dict) -> str:
@@ -104,36 +125,16 @@ def methods_markdown(t: pd.DataFrame, prov: dict) -> str:
     show = _with_accuracy_columns(show, t)
     show["MB up / client / round"] = [f"{v:.4g}" for v in t["mb_up_per_client"]]
     show["MB down / client / round"] = [f"{v:.4g}" for v in t["mb_down_per_client"]]
-    note = (
-        "Every method in the heterogeneous experiment, sorted by final global accuracy within each set of client "
-        "architectures. " + ACCURACY_NOTE + " Traffic: lengths of the real serialized payloads (MB = 10^6 bytes)."
-    )
-    return markdown(show, "Methods", note, prov)
-
-
+    return markdown(show, "Methods", METHODS_NOTE, prov)
 
 
 def communication_markdown(t: pd.DataFrame, prov: dict) -> str:
-    note = (
-        "MB = 10^6 bytes of the real serialized payloads, per client per round (up, down) and per "
-        "round over all clients. FedAvg = the whole backbone + classifier of that client sent instead (fp32)."
-    )
-    return markdown(t, "Communication", note, prov)
+    return markdown(t, "Communication", COMMUNICATION_NOTE, prov)
 
 
 def compute_markdown(t: pd.DataFrame, d: int, prov: dict) -> str:
-    note = (
-        f"Training FLOPs per sample (forward + backward, torch FlopCounterMode) of each backbone alone and "
-        f"with the d={d} U-Net; images/s from a microbenchmark (`fedunet info --measure`, batch 64) and as "
-        "measured inside the study's runs (per client, local training only). The U-Net is light in traffic, not in compute."
-    )
-    return markdown(t, "Compute", note, prov)
+    return markdown(t, "Compute", COMPUTE_NOTE.format(d=d), prov)
 
 
 def paper_vs_ours_markdown(t: pd.DataFrame, prov: dict) -> str:
-    note = (
-        "`paper`: the values stated by Seo, Lee, Park (arXiv 2508.12740), not reproduced by us. "
-        "`ours`: produced by this pipeline; accuracy on our dataset and protocol (see columns), so a gap may reflect the "
-        "dataset and settings rather than the method."
-    )
-    return markdown(t, "Paper vs ours", note, prov)
+    return markdown(t, "Paper vs ours", PAPER_VS_OURS_NOTE, prov)

@@ -74,9 +74,7 @@ def comparisons_table(runs: pd.DataFrame, reference: str = "fedunet") -> pd.Data
                     continue  # no single configuration of the other method to compare with
                 row = {"experiment": exp, "archset": archset, "alpha": alpha, "d": d, "fusion": fusion, "versus": other}
                 for col in COMPARED:
-                    diff = paired_difference(
-                        dict(zip(mine["seed"], mine[col])), dict(zip(theirs["seed"], theirs[col]))
-                    )
+                    diff = paired_difference(dict(zip(mine["seed"], mine[col])), dict(zip(theirs["seed"], theirs[col])))
                     row.update(
                         {
                             f"{col}_diff_pts": 100 * diff.mean,
@@ -177,7 +175,14 @@ PAPER_CLAIMS = (
     {"claim": "accuracy, heterogeneous VGGs, compact module", "paper": 92.68, "unit": "%", "kind": "accuracy", "d": 128},
     {"claim": "communication per round, compact module", "paper": 0.89, "unit": "MB", "kind": "bytes", "d": 128},
     {"claim": "communication per round, full synchronization", "paper": 56.66, "unit": "MB", "kind": "bytes", "d": 1024},
-    {"claim": "communication saved by the compact module", "paper": 98.4, "unit": "%", "kind": "saving", "d": 128, "versus": 1024},
+    {
+        "claim": "communication saved by the compact module",
+        "paper": 98.4,
+        "unit": "%",
+        "kind": "saving",
+        "d": 128,
+        "versus": 1024,
+    },
 )
 PAPER_ARCHITECTURES = "vgg11 vgg13 vgg16 vgg19"  # "heterogeneous VGGs"
 # Our accuracy columns read for an accuracy claim, in table order.
@@ -222,11 +227,14 @@ def _accuracy_rows(claim: dict, runs: pd.DataFrame, costs: dict, command: str, d
     ]
 
 
+ANY_INPUT = "any (independent of input)"
+
+
 def _bytes_rows(claim: dict, runs: pd.DataFrame, costs: dict, command: str, defaults: dict) -> list[dict]:
     """Exact byte counts of the d-sized bottleneck, from the U-Net we build (no run needed)."""
     unet = _unet(costs, claim["d"])
     return [
-        {"ours": unet[key] / 1e6, "protocol": protocol.format(d=claim["d"]), "dataset": "any (independent of input)", **FROM_COSTS}
+        {"ours": unet[key] / 1e6, "protocol": protocol.format(d=claim["d"]), "dataset": ANY_INPUT, **FROM_COSTS}
         for key, protocol in BYTE_MEASURES
     ]
 

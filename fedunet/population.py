@@ -1,97 +1,94 @@
-"""From a validated run config to the pieces a simulation is built from.
+"""The simulated clients of a run, built from its config, and the data they share on the device.
 
-The runtime (device, threads, precision), one model spec per client, the client partition
-and the dataset: each is a pure function of the config, so the engine, the CLI and the
-benchmarks build them the same way.
+Every client gets its model (initialized from its own seed), optimizer, training loader,
+held-out test and validation indices and random generator; the dataset, moved to the
+training device once, is shared by all of them.  The same config and seed build the same
+clients on every machine.  The pieces they are built from (dataset, partition, validation
+split, normalization, one model spec per client) are pure functions of the config, below, so the
+engine, the CLI and the cost estimator build them the same way.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 
 import torch
 
 from fedunet import methods
+from fedunet.batches import Augmentation, ClientLoader, Normalizer, pad_images
+from fedunet.client import Client, make_optimizer
+from fedunet.compile import Compiler
 from fedunet.data import NORMALIZATION, ImageDataset, load_dataset
-from fedunet.model import ModelSpec
+from fedunet.determinism import replace_nondeterministic
+from fedunet.model import ClientModel, ModelSpec
 from fedunet.partition import POOLED_SCHEMES, Partition, PartitionError, make_partition, pooled
-
-
-class RunError(RuntimeError):
-    """The run cannot start or continue (existing outputs, mismatched checkpoint...)."""
-
-
-def derive_seed(seed: int, *parts: object) -> int:
-    """A 63-bit seed for one purpose (model init, client data...), the same on every machine."""
-    digest = hashlib.sha256(repr((seed, *parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+from fedunet.runtime import Runtime, derive_seed
 
 
 @dataclass
-class Runtime:
-    """The runtime a run trains with, resolved ("auto" decided) on this machine."""
-
-    device: torch.device
-    bf16: bool
-    channels_last: bool
-    compile: bool
-    deterministic: bool = True
-    compile_backend: str = "inductor"
-    threads: int = 1
-
-    def result_settings(self) -> dict:
-        """The settings that change a run's numbers (measured: each of them does on CPU), as
-        recorded per segment of a run and compared on resume.  CPU threads count only on CPU;
-        the compile backend only with compile on."""
-        return {
-            "device": self.device.type,
-            "bf16": self.bf16,
-            "channels_last": self.channels_last,
-            "compile": self.compile,
-            "compile_backend": self.compile_backend if self.compile else None,
-            "deterministic": self.deterministic,
-            "threads": self.threads if self.device.type == "cpu" else None,
-        }
+class Population:
+    data: ImageDataset  # on the training device
+    normalizer: Normalizer
+    partition: Partition
+    class_counts: list[list[int]]  # training samples of each class per client
+    clients: list[Client]
+    compiler: Compiler | None  # torch.compile on: one compiled region per distinct architecture
 
 
-# cuBLAS needs a fixed workspace to be deterministic (CUDA >= 10.2); read when its handle is
-# created, so it must be set before the first CUDA matmul of the process.
-CUBLAS_WORKSPACE = ":4096:8"
+def build(cfg: dict, rt: Runtime) -> Population:
+    dev = rt.device
+    cpu_data = load_run_dataset(cfg)
+    partition = partition_for(cfg, cpu_data)
+    class_counts = partition.class_counts(cpu_data.train_labels).tolist()
+    train_idx, val_idx = validation_split(partition.train, cfg["eval"]["validation_fraction"], cfg["seed"])
+    mean, std = normalization_stats(cfg, cpu_data, train_idx)
+    data = cpu_data.to(dev)
+    normalizer = Normalizer(mean, std, dev, rt.channels_last)
+    aug = Augmentation(cfg["training"]["crop_padding"], cfg["training"]["flip"])
+    padded = pad_images(data.train_images, aug.crop_padding) if aug.crop_padding > 0 else None
+    # one compiled region per distinct architecture, shared by its clients (fedunet/compile.py)
+    compiler = Compiler(rt.compile_backend) if rt.compile else None
+    cuda_deterministic = rt.device.type == "cuda" and rt.deterministic
+    clients: list[Client] = []
+    for i, spec in enumerate(model_specs(cfg, data)):
+        torch.manual_seed(derive_seed(cfg["seed"], "model", i))
+        model = ClientModel(spec).to(dev)
+        if rt.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if cuda_deterministic:  # parameter-free swaps: the state_dict is unchanged
+            replace_nondeterministic(model)
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(derive_seed(cfg["seed"], "data", i))
+        loader = ClientLoader(
+            data.train_images,
+            data.train_labels,
+            train_idx[i],
+            cfg["training"]["batch_size"],
+            gen,
+            normalizer,
+            aug,
+            padded,
+            shuffle=cfg["training"]["shuffle"],
+            drop_last=cfg["training"]["drop_last"],
+        )
+        client = Client(
+            index=i,
+            architecture=spec.architecture,
+            model=model,
+            optimizer=make_optimizer(model.parameters(), cfg),
+            loader=loader,
+            test_indices=partition.test[i].to(dev),
+            val_indices=val_idx[i].to(dev),
+            generator=gen,
+            bf16=rt.bf16,
+            compiler=compiler,
+            cuda_deterministic=cuda_deterministic,
+        )
+        clients.append(client)
+    return Population(data, normalizer, partition, class_counts, clients, compiler)
 
 
-def resolve_runtime(cfg: dict) -> Runtime:
-    rt = cfg["runtime"]
-    name = rt["device"]
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RunError(f"runtime.device: {name!r} requested but CUDA is not available; allowed here: auto, cpu")
-    device = torch.device(name)
-    if rt["deterministic"] and device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
-    if rt["threads"] is not None:
-        torch.set_num_threads(rt["threads"])
-    else:
-        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    if rt["deterministic"]:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.use_deterministic_algorithms(False)
-        torch.backends.cudnn.benchmark = True
-    bf16 = device.type == "cuda" if rt["bf16"] == "auto" else bool(rt["bf16"])
-    channels_last = True if rt["channels_last"] == "auto" else bool(rt["channels_last"])
-    return Runtime(
-        device,
-        bf16,
-        channels_last,
-        rt["compile"],
-        deterministic=rt["deterministic"],
-        compile_backend=rt.get("compile_backend", "inductor"),
-        threads=torch.get_num_threads(),
-    )
+# ------------------------------------------------------------ what a run is built from: pure functions of the config
 
 
 def model_specs(cfg: dict, dataset: ImageDataset) -> list[ModelSpec]:
