@@ -126,7 +126,7 @@ from pathlib import Path
 
 import torch
 
-from fedunet import metrics
+from fedunet import provenance
 
 logs, summary, label, dry, budget, total = sys.argv[1:]
 stages = [json.loads(line) for line in Path(logs, "stages.jsonl").read_text().splitlines() if line.strip()]
@@ -143,12 +143,12 @@ report = {
     "kind": "device-check",
     "dry": dry == "1",
     "device_label": label,
-    "device": metrics.device_description(torch.device("cuda" if torch.cuda.is_available() and dry != "1" else "cpu")),
+    "device": provenance.device_description(torch.device("cuda" if torch.cuda.is_available() and dry != "1" else "cpu")),
     "budget_s": int(budget),
     "total_s": int(total),
     "stages": stages,
     "cuda_tests": tests,
-    "provenance": {"git": metrics.git_state(), "packages": metrics.package_versions(), "date": metrics.utc_now()},
+    "provenance": {"git": provenance.git_state(), "packages": provenance.package_versions(), "date": provenance.utc_now()},
 }
 Path(summary).write_text(json.dumps(report, indent=1) + "\n")
 PYEOF
