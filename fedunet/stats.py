@@ -68,8 +68,10 @@ def mean_interval(values: list[float]) -> Interval:
 
 
 def paired_difference(a: dict, b: dict) -> Interval:
-    """``a - b`` paired on the keys both have (seeds): the mean difference with its 95% t-interval."""
-    keys = sorted(set(a) & set(b))
+    """``a - b`` paired on the keys both have measured (seeds; a value that is missing or NaN, such as
+    global accuracy in a study without the global protocol, is not a measurement): the mean
+    difference with its 95% t-interval."""
+    keys = sorted(k for k in set(a) & set(b) if _measured(a[k]) and _measured(b[k]))
     return mean_interval([a[k] - b[k] for k in keys])
 
 
@@ -84,3 +86,7 @@ def flattened(values: list[float], window: int = 5, tolerance: float = 0.005) ->
         return False, math.nan
     delta = sum(xs[-window:]) / window - sum(xs[-2 * window : -window]) / window
     return abs(delta) < tolerance, delta
+
+
+def _measured(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))

@@ -164,7 +164,8 @@ def rejected_payloads(s: dict) -> int:
 
 
 def timing(s: dict) -> dict:
-    return {"wall_s": s["timing"]["wall_s"], "mean_round_s": s["timing"]["mean_round_s"]}
+    t = s["timing"]
+    return {"wall_s": t["wall_s"], "mean_round_s": t["mean_round_s"], "train_samples_per_s": t.get("train_samples_per_s")}
 
 
 def provenance(s: dict) -> dict:

@@ -17,6 +17,13 @@ def test_paired_difference_matches_a_hand_computed_example():
     assert not d.excludes_zero
 
 
+def test_unmeasured_values_are_not_paired():
+    """A study without the global protocol has no global accuracy: nothing to pair, no error."""
+    assert paired_difference({0: None, 1: None}, {0: None, 1: None}).n == 0
+    d = paired_difference({0: 0.8, 1: float("nan"), 2: 0.7}, {0: 0.7, 1: 0.6, 2: None})
+    assert (d.n, d.mean) == (1, pytest.approx(0.1))
+
+
 def test_a_consistent_difference_excludes_zero():
     # differences 0.05, 0.04, 0.045: mean 0.045, sd 0.005, half-width 4.303 * 0.005 / sqrt(3) = 0.012422
     d = paired_difference({0: 0.95, 1: 0.94, 2: 0.945}, {0: 0.90, 1: 0.90, 2: 0.90})

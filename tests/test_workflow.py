@@ -105,6 +105,30 @@ def test_paper_vs_ours_puts_our_value_beside_each_claim(monkeypatch):
     assert (narrow["claim"] == "communication saved by the compact module").sum() == 1
 
 
+def test_rounds_table_shows_each_rounds_mean_the_maximum_and_the_pace(monkeypatch):
+    """Hand-computed: two seeds of one cell, three rounds; the maximum is taken per run, then averaged."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    from study_tables import round_columns, rounds_table
+
+    cell = {"experiment": "htfl", "archset": "a", "method": "fd", "d": 64, "fusion": "add", "alpha": "a0.1"}
+    runs = pd.DataFrame(
+        [
+            {**cell, "run": "s0", "seed": 0, "mean_round_s": 10.0, "train_samples_per_s": 100.0},
+            {**cell, "run": "s1", "seed": 1, "mean_round_s": 30.0, "train_samples_per_s": 300.0},
+        ]
+    )
+    curves = pd.DataFrame(
+        {"run": ["s0"] * 3 + ["s1"] * 3, "round": [1, 2, 3] * 2, "pers_acc": [0.5, 0.9, 0.7, 0.3, 0.4, 0.8]}
+    )
+    t = rounds_table(runs, curves).iloc[0]
+    assert [t["pers_acc_r1"], t["pers_acc_r2"], t["pers_acc_r3"]] == pytest.approx([0.4, 0.65, 0.75])
+    assert t["pers_acc_max_over_rounds"] == pytest.approx((0.9 + 0.8) / 2)  # not max of the means (0.75)
+    assert (t["seeds"], t["seconds_per_round"], t["train_samples_per_s"]) == (2, 20.0, 200.0)
+    assert round_columns(list(range(1, 7))) == [1, 2, 3, 4, 5, 6]
+    assert round_columns(list(range(1, 21))) == [1, 2, 3, 4, 8, 12, 16, 20]
+    assert round_columns(list(range(1, 101)), most=6) == [1, 2, 3, 4, 52, 100]
+
+
 def test_every_figure_has_a_report_caption():
     """`snakemake --report` fails on a figure without its caption (workflow/rules/common.smk, figure_output)."""
     from fedunet.study import SUMMARY_FIGURES

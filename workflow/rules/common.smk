@@ -31,7 +31,7 @@ wildcard_constraints:
 
 SUMMARIES = [f"{OUT}/runs/{k.path}/summary.json" for k in sorted(STUDY.runs)]
 PARTITION_COUNTS = [f"{OUT}/partitions/{p}.counts.csv" for p in STUDY.partitions]
-TABLE_NAMES = ["accuracy", "communication", "compute", "paper_vs_ours"]
+TABLE_NAMES = ["accuracy", "rounds", "communication", "compute", "paper_vs_ours"]
 if "heterogeneous" in config["experiments"]:
     TABLE_NAMES.append("methods")
 TABLES = [f"{OUT}/tables/{name}.{ext}" for name in TABLE_NAMES for ext in ("csv", "md")]

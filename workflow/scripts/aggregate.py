@@ -206,7 +206,10 @@ def aggregate(run_table: list[dict], runs_dir: Path, out: Path, costs_path: Path
     command = f"snakemake --cores all --configfile {study['config_files'][0]}"
 
     write(runs, out, "runs", None)
-    write(curves(loaded), out, "curves", None)
+    curve_rows = curves(loaded)
+    write(curve_rows, out, "curves", None)
+    by_round = tables.rounds_table(runs, curve_rows)
+    write(by_round, out, "rounds", md.rounds_markdown(by_round, prov))
     write(per_architecture(runs, loaded), out, "per_architecture", None)
     acc = tables.accuracy_table(runs)
     write(acc, out, "accuracy", md.accuracy_markdown(acc, prov))

@@ -64,26 +64,29 @@ def curves_figure(runs: pd.DataFrame, curves: pd.DataFrame, experiment: str, fig
     )
     if panels != [None]:
         varying = [a for a in varying if a != "archset"]
-    fig, grid = plt.subplots(len(panels), 2, figsize=(11, 4 * len(panels)), squeeze=False, constrained_layout=True)
+    # a study without the global protocol (eval.global: false) has one panel per row
+    protocols = [(col, title) for col, title in PROTOCOLS if col in curves and curves[col].notna().any()]
+    width = 5.5 * len(protocols)
+    fig, grid = plt.subplots(len(panels), len(protocols), figsize=(width, 4 * len(panels)), squeeze=False, constrained_layout=True)
     colors = {}
     for row, archset in zip(grid, panels):
         part = exp if archset is None else exp[exp["archset"] == archset]
         for _, group in part.groupby(list(AXES), sort=True):
             c = curves[curves["run"].isin(group["run"])]
-            stats = c.groupby("round")[[p for p, _ in PROTOCOLS]].agg(["mean", "std"])
+            stats = c.groupby("round")[[p for p, _ in protocols]].agg(["mean", "std"])
             name = label(group.iloc[0], varying)
             color = colors.setdefault(name, f"C{len(colors) % 10}")
             style = "-" if len(colors) <= 10 else "--"
-            for ax, (col, _) in zip(row, PROTOCOLS):
+            for ax, (col, _) in zip(row, protocols):
                 mean, std = 100 * stats[(col, "mean")], 100 * stats[(col, "std")].fillna(0)
                 ax.plot(stats.index, mean, style, marker="o", ms=3, label=name, color=color)
                 ax.fill_between(stats.index, mean - std, mean + std, color=color, alpha=0.15)
-        for ax, (_, title) in zip(row, PROTOCOLS):
+        for ax, (_, title) in zip(row, protocols):
             ax.set_title(title if archset is None else f"{title}, clients: {archset}")
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             ax.set_xlabel("round")
             ax.set_ylabel("accuracy (%)")
-        row[1].legend(fontsize=7, loc="lower right", ncol=2 if len(colors) > 6 else 1)
+        row[-1].legend(fontsize=7, loc="lower right", ncol=2 if len(colors) > 6 else 1)
     seeds = exp["seed"].nunique()
     fig.suptitle(f"Experiment '{experiment}': accuracy vs round (mean ± std over {seeds} seeds)")
     save(fig, figures, f"curves_{experiment}", footer)

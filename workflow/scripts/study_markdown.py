@@ -74,6 +74,16 @@ PAPER_VS_OURS_NOTE = (
     "dataset and settings rather than the method."
 )
 # the diagnostics shown as mean ± std by the readings table, and their labels
+ROUNDS_NOTE = (
+    "Personalized accuracy (%) after each round shown (`pers_acc_rN`: round N), mean over seeds; "
+    "`pers_acc_max_over_rounds`: each run's highest personalized accuracy over all evaluated rounds, "
+    "mean over seeds. That maximum is what HtFLlib reports, chosen on the very split it reports, so it "
+    "is optimistic; our selected round is the validation-best one (accuracy table). `seconds_per_round`: "
+    "wall time of a round (training, aggregation, evaluation) and `train_samples_per_s`: local-training "
+    "throughput, both mean over the cell's runs, on the devices in the footer."
+)
+
+
 READINGS_COLUMNS = {
     "final_pers_acc": "personalized (%)",
     "final_global_acc": "global (%)",
@@ -110,6 +120,11 @@ def comparisons_markdown(t: pd.DataFrame, prov: dict) -> str:
             for m, lo, hi, holds in zip(t[f"{col}_diff_pts"], t[f"{col}_ci_low"], t[f"{col}_ci_high"], t[f"{col}_holds"])
         ]
     return markdown(show, "FedUNet against each method (paired over seeds)", COMPARISONS_NOTE, prov)
+
+
+def rounds_markdown(t: pd.DataFrame, prov: dict) -> str:
+    percent = tuple(c for c in t.columns if c.startswith("pers_acc"))
+    return markdown(t, "Accuracy by round", ROUNDS_NOTE, prov, percent)
 
 
 def readings_markdown(t: pd.DataFrame, prov: dict) -> str:

@@ -146,6 +146,35 @@ def _weighted_rate(t: pd.DataFrame) -> float:
     return float(t["samples"].sum() / t["seconds"].sum()) if len(t) and t["seconds"].sum() > 0 else math.nan
 
 
+def round_columns(rounds: list[int], most: int = 8) -> list[int]:
+    """The evaluated rounds a by-round table shows: all of them, or at most ``most`` (the first three,
+    then evenly spaced, always the last)."""
+    rounds = sorted(rounds)
+    if len(rounds) <= most:
+        return rounds
+    rest = rounds[3:]
+    picks = {rest[round(i * (len(rest) - 1) / (most - 4))] for i in range(most - 3)}
+    return rounds[:3] + sorted(picks)
+
+
+def rounds_table(runs: pd.DataFrame, curves: pd.DataFrame, most: int = 8) -> pd.DataFrame:
+    """Personalized accuracy after each (shown) round, mean over seeds, per cell; the maximum over
+    rounds (HtFLlib's reported figure: chosen on the test split itself, so optimistic); time per
+    round and training samples per second of the runs."""
+    cells = runs[["run", *GROUP]]
+    c = curves.merge(cells, on="run")
+    shown = round_columns(c["round"].unique().tolist(), most)
+    by_round = c[c["round"].isin(shown)].pivot_table(index=[*GROUP, "run"], columns="round", values="pers_acc")
+    by_round.columns = [f"pers_acc_r{r}" for r in by_round.columns]
+    by_round["pers_acc_max_over_rounds"] = c.groupby([*GROUP, "run"])["pers_acc"].max()
+    t = by_round.groupby(GROUP, sort=True).mean()
+    per_cell = runs.groupby(GROUP, sort=True)
+    t["seeds"] = per_cell["seed"].nunique()
+    t["seconds_per_round"] = per_cell["mean_round_s"].mean()
+    t["train_samples_per_s"] = per_cell["train_samples_per_s"].mean()
+    return t.reset_index()
+
+
 def diagnostics_table(runs: pd.DataFrame) -> pd.DataFrame:
     """The readings experiment: accuracy with both paths, each path alone, and their norms."""
     exp = runs[runs["experiment"] == "readings"]
