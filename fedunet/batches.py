@@ -172,6 +172,8 @@ class MaskLoader(ClientLoader):
         rows, cols = crop_flip_grid(images, len(idx), aug.crop_padding, aug.flip, self.generator)
         r, c = rows[:, :, None], cols[:, None, :]
         x = images[idx[:, None, None], :, r, c].permute(0, 3, 1, 2)
+        if not self.normalize.channels_last:  # the batch in the memory format the runtime asks for
+            x = x.clone(memory_format=torch.contiguous_format)  # (strides too: one channel is "both")
         return self.normalize(x), masks[idx[:, None, None], r, c].long()
 
 

@@ -2,6 +2,7 @@ import pytest
 
 from fedunet import methods, models, study
 from fedunet.config import load_yaml
+from fedunet.segmodel import SEG_BACKBONES
 from fedunet.study import RunKey, Study, StudyError, alpha_label
 
 
@@ -85,7 +86,7 @@ def test_unknown_architecture_or_method_names_the_field_and_the_registered_ones(
     with pytest.raises(StudyError) as err:
         Study(cfg)
     assert err.value.problems == [
-        f"architecture_sets.cnn.0: 'vgg12' is not allowed; allowed values: {', '.join(models.available())}",
+        f"architecture_sets.cnn.0: 'vgg12' is not allowed; allowed values: {', '.join(models.available() + list(SEG_BACKBONES))}",
         f"experiments.x.methods.0: 'fedsgd' is not allowed; allowed values: {', '.join(methods.available())}",
     ]
 

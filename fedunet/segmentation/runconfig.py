@@ -87,7 +87,9 @@ def problems(cfg: dict) -> list[str]:
                 f"pixel by a local 1x1 convolution; allowed value: {only}"
             )
     if cfg["partition"]["scheme"] == "htfl":
-        out.append("partition.scheme: 'htfl' pools the test split into the clients' data; allowed for segmentation: dirichlet, iid")
+        out.append(
+            "partition.scheme: 'htfl' pools the test split into the clients' data; allowed for segmentation: dirichlet, iid"
+        )
     section = options_section(name)
     other = "segmentation" if section == "composite" else "composite"
     if other in ds:
@@ -109,7 +111,8 @@ def _composite_problems(cfg: dict) -> list[str]:
     if ds["name"] == "synthetic-composite":
         source = ds["synthetic"]["size"]
         if ds["synthetic"]["channels"] != 1:
-            out.append(f"dataset.synthetic.channels: composites paste grayscale images; allowed value: 1, got {ds['synthetic']['channels']}")
+            channels = ds["synthetic"]["channels"]
+            out.append(f"dataset.synthetic.channels: composites paste grayscale images; allowed value: 1, got {channels}")
     try:
         composite_options(cfg).check(source)
     except ValueError as e:
