@@ -79,7 +79,7 @@ def _client_parts(c, data, cfg: dict, normalizer, predict) -> dict[str, Tensor]:
                 parts[f"pers_{path}_only"], _ = on(data.train_images, data.train_masks, c.test_indices)
             finally:
                 fusion.ablate = None
-    if c.val_indices is not None and len(c.val_indices):
+    if cfg["eval"]["validation_fraction"] > 0:  # every client (one without validation canvases counts none)
         parts["val"], _ = on(data.train_images, data.train_masks, c.val_indices)
     if cfg["eval"]["global"]:
         parts["global"], parts["global_loss"] = on(data.test_images, data.test_masks, None)
