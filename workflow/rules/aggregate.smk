@@ -44,7 +44,7 @@ rule aggregate:
         [table_output(t) for t in TABLES],
     params:
         runs=STUDY.run_table(),
-        tables=f"{OUT}/tables",
+        tables=tables_dir,
         study={"name": STUDY.name, "config_files": CONFIG_FILES, "defaults": config["defaults"]},
     log:
         f"{OUT}/logs/aggregate.log",

@@ -135,6 +135,11 @@ def first_run_config(wildcards, input):
     return os.path.join(os.path.dirname(input.runs[0]), "run.yaml")
 
 
+def tables_dir(wildcards, output):
+    """The study's tables folder, from a rule's outputs (results/<study>/tables/* or figures/*)."""
+    return os.path.join(os.path.dirname(os.path.dirname(output[0])), "tables")
+
+
 def table_output(path):
     if path.endswith(".md"):
         return report(path, caption="../report/table.rst", category="Tables")

@@ -19,7 +19,7 @@ rule figures:
         [figure_output(f) for f in FIGURES],
     params:
         footer=f"fedunet-bench, study '{STUDY.name}': our results, not the paper's",
-        tables=f"{OUT}/tables",
+        tables=tables_dir,
     log:
         f"{OUT}/logs/figures.log",
     conda:
