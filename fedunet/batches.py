@@ -45,11 +45,11 @@ def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
-def gather_augmented(padded: Tensor, idx: Tensor, padding: int, flip: bool, generator: torch.Generator) -> Tensor:
-    """Gather a batch from a dataset padded once up front, random-cropped and flipped, in one
-    indexing operation (what ``random_flip(random_crop(images[idx]))`` computes, with the same
-    random draws, at a fraction of the memory traffic). Returns a channels_last-strided batch."""
-    b, dev = len(idx), padded.device
+def crop_flip_grid(padded: Tensor, b: int, padding: int, flip: bool, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The rows ``(b, h)`` and columns ``(b, w)`` of ``b`` random crops (and horizontal flips) of
+    maps padded by ``padding`` on each side: the random draws of one augmented batch, in a fixed
+    order (row offsets, column offsets, flips), so that images and their masks move together."""
+    dev = padded.device
     h, w = padded.shape[-2] - 2 * padding, padded.shape[-1] - 2 * padding
     rows = torch.arange(h, device=dev).expand(b, h)
     cols = torch.arange(w, device=dev).expand(b, w)
@@ -59,7 +59,20 @@ def gather_augmented(padded: Tensor, idx: Tensor, padding: int, flip: bool, gene
     if flip:
         flipped = torch.rand(b, generator=generator, device=dev) < 0.5
         cols = torch.where(flipped[:, None], cols.flip(1), cols)
+    return rows, cols
+
+
+def gather_augmented(padded: Tensor, idx: Tensor, padding: int, flip: bool, generator: torch.Generator) -> Tensor:
+    """Gather a batch from a dataset padded once up front, random-cropped and flipped, in one
+    indexing operation (what ``random_flip(random_crop(images[idx]))`` computes, with the same
+    random draws, at a fraction of the memory traffic). Returns a channels_last-strided batch."""
+    rows, cols = crop_flip_grid(padded, len(idx), padding, flip, generator)
     return padded[idx[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def pad_masks(masks: Tensor, padding: int, fill: int) -> Tensor:
+    """Masks ``(N, H, W)`` padded with ``fill`` (a class no loss or metric counts)."""
+    return F.pad(masks, (padding,) * 4, value=fill)
 
 
 class Normalizer:
@@ -126,13 +139,42 @@ class ClientLoader:
             idx = order[start : start + self.batch_size]
             if len(idx) < smallest:
                 break
-            aug = self.augmentation
-            if aug is None:
-                x = self.images[idx]
-            else:
-                source = self.padded if aug.crop_padding > 0 else self.images
-                x = gather_augmented(source, idx, aug.crop_padding, aug.flip, self.generator)
-            yield self.normalize(x), self.labels[idx]
+            yield self.batch(idx)
+
+    def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """The samples ``idx``, augmented and normalized, and their labels."""
+        aug = self.augmentation
+        if aug is None:
+            x = self.images[idx]
+        else:
+            source = self.padded if aug.crop_padding > 0 else self.images
+            x = gather_augmented(source, idx, aug.crop_padding, aug.flip, self.generator)
+        return self.normalize(x), self.labels[idx]
+
+
+class MaskLoader(ClientLoader):
+    """A :class:`ClientLoader` over segmentation canvases: ``labels`` are class masks ``(N, H, W)``
+    (uint8), cropped and flipped with their images (the same rows and columns), padded with
+    ``ignore_index`` so that padding never counts as a class, and returned as int64."""
+
+    def __init__(self, *args, ignore_index: int, padded_masks: Tensor | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        aug = self.augmentation
+        self.padded_masks = padded_masks
+        if aug is not None and aug.crop_padding > 0 and padded_masks is None:
+            self.padded_masks = pad_masks(self.labels, aug.crop_padding, ignore_index)
+
+    def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        aug = self.augmentation
+        if aug is None:
+            return self.normalize(self.images[idx]), self.labels[idx].long()
+        images, masks = (self.padded, self.padded_masks) if aug.crop_padding > 0 else (self.images, self.labels)
+        rows, cols = crop_flip_grid(images, len(idx), aug.crop_padding, aug.flip, self.generator)
+        r, c = rows[:, :, None], cols[:, None, :]
+        x = images[idx[:, None, None], :, r, c].permute(0, 3, 1, 2)
+        if not self.normalize.channels_last:  # the batch in the memory format the runtime asks for
+            x = x.clone(memory_format=torch.contiguous_format)  # (strides too: one channel is "both")
+        return self.normalize(x), masks[idx[:, None, None], r, c].long()
 
 
 def eval_batches(images: Tensor, labels: Tensor, indices: Tensor | None, batch_size: int, normalizer: Normalizer):

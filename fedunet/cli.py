@@ -93,9 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg, args.out, resume=args.resume, restart_stale=args.restart_stale, allow_runtime_change=args.allow_runtime_change
         )
         final = summary["final"]
+        metric, unit = ("miou", " mIoU") if "pers_miou" in final else ("acc", "")  # segmentation: mean IoU
         print(
-            f"done: {args.out}  personalized {100 * final.get('pers_acc', float('nan')):.2f}%  "
-            f"global {100 * final.get('global_acc', float('nan')):.2f}%  "
+            f"done: {args.out}  personalized{unit} {100 * final.get(f'pers_{metric}', float('nan')):.2f}%  "
+            f"global{unit} {100 * final.get(f'global_{metric}', float('nan')):.2f}%  "
             f"{final['mb_up_per_client']:.4g} MB up/client/round  {summary['timing']['wall_s']:.0f} s"
         )
         return 0
@@ -132,17 +133,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _partition(cfg: dict, args) -> int:
-    from fedunet.population import load_run_dataset, partition_for
+    from fedunet.population import class_counts_of, load_run_dataset, partition_for
+    from fedunet.segmentation.runconfig import task
 
     cfg["partition"]["file"] = None
     data = load_run_dataset(cfg)
     part = partition_for(cfg, data)
-    part.save(args.out, data.train_labels)
+    counts = class_counts_of(cfg, data, part)  # segmentation: pixels of each class
+    part.save(args.out, data.train_labels, counts)
     if args.counts:
         from fedunet.io import atomic_write_text
 
-        counts = part.class_counts(data.train_labels)
-        header = "client," + ",".join(f"class_{k}" for k in range(counts.shape[1]))
+        unit = "pixels_class" if task(cfg) == "segmentation" else "class"
+        header = "client," + ",".join(f"{unit}_{k}" for k in range(counts.shape[1]))
         lines = [header] + [f"{i}," + ",".join(map(str, row)) for i, row in enumerate(counts.tolist())]
         atomic_write_text(args.counts, "\n".join(lines) + "\n")
     print(f"{args.out}: {part.num_clients} clients, sha256 {part.content_hash()[:16]}")

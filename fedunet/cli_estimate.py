@@ -63,6 +63,7 @@ def run(args) -> int:
 
     from fedunet import estimate
     from fedunet.model import ModelSpec
+    from fedunet.segmodel import SegSpec
 
     cfg = estimate.load_study(args.study)
     device = args.device
@@ -76,7 +77,7 @@ def run(args) -> int:
         data = json.loads(open(args.prices).read())["prices"]
         prices = estimate.Prices(device=data["device"], source=f"measured on {data['device']} ({args.prices})")
         for row in data["models"]:
-            spec = ModelSpec(**row["spec"])
+            spec = SegSpec(**row["spec"]) if row.get("task") == "segmentation" else ModelSpec(**row["spec"])
             if row.get("train_ips"):
                 prices.train_ips[spec] = row["train_ips"]
             if row.get("eval_ips"):
@@ -195,6 +196,7 @@ def run(args) -> int:
                 "models": [
                     {
                         "spec": dict(spec.__dict__),
+                        **({"task": "segmentation"} if type(spec).__name__ == "SegSpec" else {}),
                         "model": estimate.describe(spec),
                         "train_ips": prices.train_ips.get(spec),
                         "eval_ips": prices.eval_ips.get(spec),

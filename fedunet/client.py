@@ -123,6 +123,12 @@ class Client:
 
 
 def cross_entropy(client: Client, x: Tensor, y: Tensor) -> Tensor:
+    """The local objective: cross-entropy of the class scores; per pixel for masks ``(B, H, W)``
+    (segmentation), over the pixels not marked ``IGNORE_INDEX``."""
+    if y.dim() > 1:
+        from fedunet.segmentation.evaluation import pixel_loss
+
+        return pixel_loss(client.logits(x), y)
     return nn.functional.cross_entropy(client.logits(x), y)
 
 

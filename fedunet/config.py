@@ -48,8 +48,9 @@ def schema() -> dict:
 
     Cached per set of registered names, so that a backbone or method registered later is allowed too."""
     from fedunet import methods, models
+    from fedunet.segmodel import SEG_BACKBONES
 
-    return _schema(tuple(models.available()), tuple(methods.available()))
+    return _schema(tuple(models.available()) + SEG_BACKBONES, tuple(methods.available()))
 
 
 @functools.lru_cache(maxsize=4)
@@ -115,8 +116,11 @@ def validate(cfg: Any) -> dict:
     """Check ``cfg`` against the schema and the rules between fields; returns it with defaults."""
     if not isinstance(cfg, dict):
         raise ConfigError([f"(top level): expected a mapping of settings, got {type(cfg).__name__}"])
+    from fedunet.segmentation import runconfig
+
     cfg = copy.deepcopy(cfg)
     sch = schema()
+    runconfig.prefill(cfg)  # the defaults that follow the task (segmentation), before the schema's
     fill_defaults(cfg, sch)
     errors = sorted(jsonschema.Draft202012Validator(sch).iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
@@ -127,10 +131,13 @@ def validate(cfg: Any) -> dict:
 
 def _check_relations(cfg: dict) -> None:
     from fedunet import methods
+    from fedunet.segmentation import runconfig
 
-    problems = []
+    problems = runconfig.problems(cfg)  # what the task (classification, segmentation) cannot do
+    if problems:
+        raise ConfigError(problems)
     part, ds = cfg["partition"], cfg["dataset"]
-    size = ds["synthetic"]["train_size"] if ds["name"] == "synthetic" else KNOWN_TRAIN_SIZES[ds["name"]]
+    size = KNOWN_TRAIN_SIZES[ds["name"]] if ds["name"] in KNOWN_TRAIN_SIZES else runconfig.source_train_size(cfg)
     if ds["max_train"] is not None:
         size = min(size, ds["max_train"])
     if part["num_clients"] * part["min_samples"] > size:

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from fedunet import serialization
-from fedunet.model import ClientModel, ModelSpec, count_parameters, select_state, state_nbytes
+from fedunet.model import ClientModel, ModelSpec, build_model, count_parameters, select_state, state_nbytes
+from fedunet.segmodel import SegSpec
 from fedunet.unet import BOTTLENECK_PREFIX
 
 # (channels, input size, classes) of each dataset, so costs need no data on disk.
@@ -27,7 +28,23 @@ def geometry(cfg: dict) -> tuple[int, int, int]:
     if ds["name"] == "synthetic":
         syn = ds["synthetic"]
         return syn["channels"], syn["size"], syn["num_classes"]
+    if ds["name"] in SEGMENTATION_GEOMETRY:  # canvases, classes with the background
+        return SEGMENTATION_GEOMETRY[ds["name"]](ds)
     return GEOMETRY[ds["name"]]
+
+
+SEGMENTATION_GEOMETRY = {
+    "fmnist-composite": lambda ds: (1, ds["composite"]["canvas_size"], 11),
+    "synthetic-composite": lambda ds: (1, ds["composite"]["canvas_size"], ds["synthetic"]["num_classes"] + 1),
+    "oxford-pet": lambda ds: (3, ds["segmentation"]["size"], 2 if ds["segmentation"]["classes"] == "pet" else 3),
+    "voc": lambda ds: (3, ds["segmentation"]["size"], 21),
+}
+
+
+def targets(spec: ModelSpec | SegSpec, n: int, device=None) -> torch.Tensor:
+    """Class targets of ``n`` samples for ``spec``'s model (per pixel for a segmentation model)."""
+    shape = (n, spec.input_size, spec.input_size) if isinstance(spec, SegSpec) else (n,)
+    return torch.randint(0, spec.num_classes, shape, device=device)
 
 
 _COUNTED: dict = {}
@@ -50,9 +67,9 @@ def model_costs(spec: ModelSpec) -> dict:
 
         n = 2
         with torch.device("meta"):
-            model = ClientModel(spec)
+            model = build_model(spec)
             x = torch.empty(n, spec.in_channels, spec.input_size, spec.input_size)
-            y = torch.zeros(n, dtype=torch.long)
+            y = torch.zeros_like(targets(spec, n, "cpu"), device="meta")
         counter = FlopCounterMode(display=False)
         with counter:
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

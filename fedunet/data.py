@@ -61,6 +61,12 @@ class ImageSplits:
     def to(self: _Splits, device: torch.device | str) -> _Splits:
         return replace(self, **{name: getattr(self, name).to(device) for name in self.TENSORS})
 
+    def channel_stats(self, indices: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Per-channel mean and std in [0, 1] units of the training images (only ``indices`` if given)."""
+        images = self.train_images if indices is None else self.train_images[indices]
+        x = images.to(torch.float64) / 255.0
+        return x.mean(dim=(0, 2, 3)).float(), x.std(dim=(0, 2, 3)).float()
+
 
 @dataclass
 class ImageDataset(ImageSplits):
@@ -74,12 +80,6 @@ class ImageDataset(ImageSplits):
     test_images: Tensor
     test_labels: Tensor
     num_classes: int
-
-    def channel_stats(self, indices: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Per-channel mean and std in [0, 1] units of the training images (only ``indices`` if given)."""
-        images = self.train_images if indices is None else self.train_images[indices]
-        x = images.to(torch.float64) / 255.0
-        return x.mean(dim=(0, 2, 3)).float(), x.std(dim=(0, 2, 3)).float()
 
 
 # Per-channel mean and std of each dataset's full official training split, in [0, 1] units

@@ -28,6 +28,8 @@ from fedunet.io import atomic_write_json, atomic_write_text
 from fedunet.methods.base import SERVER_PREFIX, Method, Upload
 from fedunet.metrics import LossReference
 from fedunet.runtime import RunError, derive_seed, resolve_runtime  # noqa: F401  (RunError: importable from here too)
+from fedunet.segmentation import evaluation as segmentation_evaluation
+from fedunet.segmentation import run as segmentation_run
 from fedunet.serialization import PayloadError
 
 log = logging.getLogger("fedunet")
@@ -62,6 +64,7 @@ class Simulation:
         cfg, built = self.cfg, population.build(self.cfg, self.rt)
         self.data, self.normalizer, self.partition = built.data, built.normalizer, built.partition
         self.class_counts, self.clients, self.compiler = built.class_counts, built.clients, built.compiler
+        self.task = built.task
         # one reusable payload buffer per sender: shapes repeat every round
         self.encoders = [serialization.Encoder() for _ in self.clients]
         self.server_encoder = serialization.Encoder()
@@ -170,6 +173,9 @@ class Simulation:
         """Both protocols over every client, in the rounds evaluated (``eval.every`` and the last)."""
         if r % self.cfg["eval"]["every"] != 0 and r != self.cfg["federated"]["rounds"]:
             return {}
+        if self.task == "segmentation":  # per pixel, from device-side confusion matrices
+            return segmentation_evaluation.evaluate_round(self.clients, self.data, self.cfg, self.normalizer,
+                                                          self.method.predict, per_client)  # fmt: skip
         return metrics.summarize_round([self._evaluate(c, per_client[c.index]) for c in self.clients])
 
     def _client_row(self, r: int, c: Client) -> dict:
@@ -294,6 +300,9 @@ class Simulation:
                 progress.update(row)
                 if stop_after is not None and r >= stop_after and r < rounds:
                     return None
+            if self.task == "segmentation":  # what the figures show, beside the run's files
+                arrays = segmentation_run.examples(self.clients, self.data, self.normalizer, self.method.predict)
+                segmentation_run.save_examples(self.out / segmentation_run.EXAMPLES_FILE, arrays)
             result = summary.build(self, started)
             atomic_write_json(self.out / "summary.json", result)
             if not self.cfg["runtime"]["keep_checkpoints"]:

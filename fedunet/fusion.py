@@ -88,12 +88,20 @@ class Fusion(nn.Module):
 
     def forward(self, features: Tensor, maps: Tensor | list[Tensor]) -> Tensor:
         u = self.unet_vector([maps] if isinstance(maps, Tensor) else maps)
-        if self.norms is not None:
-            self.norms.append(torch.stack([features.detach().float().norm(dim=1).sum(), u.detach().float().norm(dim=1).sum()]))
-        if self.ablate == "unet":
-            u = torch.zeros_like(u)
-        elif self.ablate == "backbone":
-            features = torch.zeros_like(features)
+        features, u = diagnose(self, features, u)
         if self.mode == "add":
             return features + u
         return torch.cat([features, u], dim=1)
+
+
+def diagnose(fusion: nn.Module, features: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Both paths at the classifier input as ``fusion``'s diagnostics want them: their L2 norms over
+    channels (dim 1) summed into ``fusion.norms`` when it is a list, and the ablated path zeroed
+    (``fusion.ablate``).  Shared by this fusion and the per-pixel one (``fedunet.segmodel``)."""
+    if fusion.norms is not None:
+        fusion.norms.append(torch.stack([features.detach().float().norm(dim=1).sum(), u.detach().float().norm(dim=1).sum()]))
+    if fusion.ablate == "unet":
+        u = torch.zeros_like(u)
+    elif fusion.ablate == "backbone":
+        features = torch.zeros_like(features)
+    return features, u

@@ -185,6 +185,9 @@ class Progress:
             parts.append(f"pers {100 * row['pers_acc']:.2f}%")
         if "global_acc" in row:
             parts.append(f"global {100 * row['global_acc']:.2f}%")
+        for key, name in (("pers_miou", "pers mIoU"), ("global_miou", "global mIoU")):
+            if key in row:
+                parts.append(f"{name} {100 * row[key]:.2f}%")
         parts.append(f"loss {row['train_loss']:.3f}")
         parts.append(f"{row['mb_up_per_client']:.3g} MB up/client")
         parts.append(f"{per_round:.1f} s/round")

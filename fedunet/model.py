@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from fedunet import models
 from fedunet.fusion import Fusion
+from fedunet.segmodel import SegClientModel, SegSpec
 from fedunet.unet import UNet
 
 
@@ -85,6 +86,12 @@ class ClientModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
+
+
+def build_model(spec: ModelSpec | SegSpec) -> nn.Module:
+    """A client's model from its spec: :class:`ClientModel` (classification) or
+    :class:`~fedunet.segmodel.SegClientModel` (segmentation, per-pixel scores)."""
+    return SegClientModel(spec) if isinstance(spec, SegSpec) else ClientModel(spec)
 
 
 def select_state(model: nn.Module, prefix: str | None, include_buffers: bool = True) -> dict[str, Tensor]:

@@ -75,11 +75,12 @@ class Partition:
             out[f"client{i:03d}.test"] = te.cpu().long()
         return out
 
-    def save(self, path: str | Path, labels: Tensor) -> None:
-        """Write the indices with their hash and class-count matrix in the header (atomically)."""
+    def save(self, path: str | Path, labels: Tensor, counts: np.ndarray | None = None) -> None:
+        """Write the indices with their hash and class-count matrix in the header (atomically);
+        ``counts`` replaces the per-sample class counts (segmentation: pixels per class)."""
         from fedunet.io import atomic_write_bytes
 
-        counts = self.class_counts(labels)
+        counts = self.class_counts(labels) if counts is None else counts
         metadata = {
             "settings": json.dumps(self.settings, sort_keys=True),
             "sha256": self.content_hash(),

@@ -11,18 +11,23 @@ engine, the CLI and the cost estimator build them the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
+import numpy as np
 import torch
 
 from fedunet import methods
-from fedunet.batches import Augmentation, ClientLoader, Normalizer, pad_images
+from fedunet.batches import Augmentation, ClientLoader, MaskLoader, Normalizer, pad_images, pad_masks
 from fedunet.client import Client, make_optimizer
 from fedunet.compile import Compiler
 from fedunet.data import NORMALIZATION, ImageDataset, load_dataset
 from fedunet.determinism import replace_nondeterministic
-from fedunet.model import ClientModel, ModelSpec
+from fedunet.model import ModelSpec, build_model
 from fedunet.partition import POOLED_SCHEMES, Partition, PartitionError, make_partition, pooled
 from fedunet.runtime import Runtime, derive_seed
+from fedunet.segmentation import run as segmentation
+from fedunet.segmentation.dataset import IGNORE_INDEX
+from fedunet.segmentation.runconfig import task
 
 
 @dataclass
@@ -33,33 +38,38 @@ class Population:
     class_counts: list[list[int]]  # training samples of each class per client
     clients: list[Client]
     compiler: Compiler | None  # torch.compile on: one compiled region per distinct architecture
+    task: str = "classification"  # or "segmentation": masks in the place of labels, per-pixel models
 
 
 def build(cfg: dict, rt: Runtime) -> Population:
     dev = rt.device
     cpu_data = load_run_dataset(cfg)
     partition = partition_for(cfg, cpu_data)
-    class_counts = partition.class_counts(cpu_data.train_labels).tolist()
+    class_counts = class_counts_of(cfg, cpu_data, partition).tolist()
     train_idx, val_idx = validation_split(partition.train, cfg["eval"]["validation_fraction"], cfg["seed"])
     mean, std = normalization_stats(cfg, cpu_data, train_idx)
     data = cpu_data.to(dev)
     normalizer = Normalizer(mean, std, dev, rt.channels_last)
     aug = Augmentation(cfg["training"]["crop_padding"], cfg["training"]["flip"])
     padded = pad_images(data.train_images, aug.crop_padding) if aug.crop_padding > 0 else None
+    loader_class = ClientLoader
+    if task(cfg) == "segmentation":  # masks cropped and flipped with their canvases, padded with IGNORE_INDEX
+        masks = pad_masks(data.train_masks, aug.crop_padding, IGNORE_INDEX) if aug.crop_padding > 0 else None
+        loader_class = partial(MaskLoader, ignore_index=IGNORE_INDEX, padded_masks=masks)
     # one compiled region per distinct architecture, shared by its clients (fedunet/compile.py)
     compiler = Compiler(rt.compile_backend) if rt.compile else None
     cuda_deterministic = rt.device.type == "cuda" and rt.deterministic
     clients: list[Client] = []
     for i, spec in enumerate(model_specs(cfg, data)):
         torch.manual_seed(derive_seed(cfg["seed"], "model", i))
-        model = ClientModel(spec).to(dev)
+        model = build_model(spec).to(dev)
         if rt.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if cuda_deterministic:  # parameter-free swaps: the state_dict is unchanged
             replace_nondeterministic(model)
         gen = torch.Generator(device=dev)
         gen.manual_seed(derive_seed(cfg["seed"], "data", i))
-        loader = ClientLoader(
+        loader = loader_class(
             data.train_images,
             data.train_labels,
             train_idx[i],
@@ -85,7 +95,7 @@ def build(cfg: dict, rt: Runtime) -> Population:
             cuda_deterministic=cuda_deterministic,
         )
         clients.append(client)
-    return Population(data, normalizer, partition, class_counts, clients, compiler)
+    return Population(data, normalizer, partition, class_counts, clients, compiler, task(cfg))
 
 
 # ------------------------------------------------------------ what a run is built from: pure functions of the config
@@ -96,6 +106,8 @@ def model_specs(cfg: dict, dataset: ImageDataset) -> list[ModelSpec]:
     attach = m["unet"]["attach"]
     if attach == "auto":
         attach = methods.get(cfg["method"]).attach_unet
+    if task(cfg) == "segmentation":
+        return segmentation.model_specs(cfg, dataset, attach)
     archs = m["architectures"]
     method = methods.get(cfg["method"])
     return [
@@ -119,6 +131,8 @@ def model_specs(cfg: dict, dataset: ImageDataset) -> list[ModelSpec]:
 
 
 def partition_for(cfg: dict, dataset: ImageDataset) -> Partition:
+    if task(cfg) == "segmentation":
+        return segmentation.partition_for(cfg, dataset)
     p = cfg["partition"]
     seed = cfg["seed"] if p["seed"] is None else p["seed"]
     if p["file"]:
@@ -185,7 +199,17 @@ def normalization_stats(cfg: dict, dataset: ImageDataset, train: list[torch.Tens
     return dataset.channel_stats(torch.cat(train))
 
 
+def class_counts_of(cfg: dict, dataset: ImageDataset, partition: Partition) -> np.ndarray:
+    """(clients x classes) training plus held-out samples of each class per client (segmentation:
+    pixels of each class on the client's canvases)."""
+    if task(cfg) == "segmentation":
+        return segmentation.class_counts(dataset, partition)
+    return partition.class_counts(dataset.train_labels)
+
+
 def load_run_dataset(cfg: dict) -> ImageDataset:
+    if task(cfg) == "segmentation":
+        return segmentation.load(cfg)  # with its partition, for composites
     d = cfg["dataset"]
     data = load_dataset(d["name"], d["root"], d["download"], d["synthetic"], d["max_train"], d["max_test"])
     # the htfl scheme partitions the official train and test splits pooled (PFLlib's datasets)

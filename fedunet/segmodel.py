@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedunet import models
+from fedunet.fusion import diagnose
 from fedunet.models import scaled
 from fedunet.unet import UNet
 
@@ -127,9 +128,13 @@ class PixelFusion(nn.Module):
         self.mode = mode
         self.project = nn.Conv2d(unet_channels, feature_dim, 1)
         self.out_dim = feature_dim if mode == "add" else 2 * feature_dim
+        # diagnostics, as fedunet.fusion.Fusion's: zero one path ("unet": backbone alone; "backbone":
+        # U-Net alone), or collect both paths' per-pixel L2 norms summed over pixels (a list)
+        self.ablate: str | None = None
+        self.norms: list[Tensor] | None = None
 
     def forward(self, features: Tensor, decoder: Tensor) -> Tensor:
-        u = self.project(decoder)
+        features, u = diagnose(self, features, self.project(decoder))
         return features + u if self.mode == "add" else torch.cat([features, u], dim=1)
 
 

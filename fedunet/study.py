@@ -7,7 +7,9 @@ Grid axes: architecture set x method x bottleneck size d x fusion x Dirichlet al
 (or ``iid``) x seed.  An experiment lists the axes it varies; the others take the
 study's ``defaults``.  Runs that several experiments share run once.  Methods whose
 model has no U-Net (``fedavg`` by default) ignore ``d`` and ``fusion``; their runs are
-named with the defaults so they are not duplicated.
+named with the defaults so they are not duplicated.  An experiment's ``base`` overrides the
+study's base for its runs (a segmentation experiment names its dataset there); a run two
+experiments share must then have the same ``base`` in both.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import jsonschema
 
 from fedunet import config as run_config_schema
 from fedunet import methods, models
+from fedunet.segmentation.runconfig import task as task_of
 
 AXES = ("architectures", "methods", "d", "fusion", "alpha")
 # Figures that summarize one experiment (besides its accuracy-vs-round curves).
@@ -31,6 +34,19 @@ SUMMARY_FIGURES = {
     "heterogeneous": "per_architecture",
     "readings": "readings_diagnostics",
 }
+
+
+# canvases with their ground-truth and predicted masks, when a study has a segmentation experiment
+SEGMENTATION_FIGURE = "segmentation_examples"
+
+
+def _digest(partition_config: dict) -> str:
+    """Eight hex digits of a partition's settings (its name left out)."""
+    import hashlib
+    import json
+
+    cfg = {k: v for k, v in partition_config.items() if k != "name"}
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:8]
 
 
 class StudyError(ValueError):
@@ -46,7 +62,9 @@ SCHEMA_FILE = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "co
 def schema() -> dict:
     """The study schema, with architectures and methods taken from their registries, as the run
     schema's are (:func:`fedunet.config.schema`); do not mutate."""
-    return _schema(tuple(models.available()), tuple(methods.available()))
+    from fedunet.segmodel import SEG_BACKBONES
+
+    return _schema(tuple(models.available()) + SEG_BACKBONES, tuple(methods.available()))
 
 
 @functools.lru_cache(maxsize=4)
@@ -133,11 +151,14 @@ class Study:
         self.name: str = cfg["study"]
         self.out: str = f"{cfg.get('results', 'results')}/{self.name}"
         self.runs: dict[RunKey, list[str]] = {}
+        self.bases: dict[RunKey, dict] = {}  # the experiment's base of each run (over the study's)
         problems: list[str] = []
         defaults = cfg["defaults"]
         archsets = cfg["architecture_sets"]
-        base_attach = cfg.get("base", {}).get("model", {}).get("unet", {}).get("attach", "auto")
         for exp_name, exp in cfg["experiments"].items():
+            exp_base = exp.get("base", {})
+            base = deep_merge(cfg.get("base", {}), exp_base)
+            base_attach = base.get("model", {}).get("unet", {}).get("attach", "auto")
             grid = {axis: exp.get(axis, defaults[axis]) for axis in AXES}
             missing = [a for a in grid["architectures"] if a not in archsets]
             if missing:
@@ -157,6 +178,11 @@ class Study:
                                     label = self._canonical_fusion(fusion)
                                     key = RunKey(archset, method, int(d), label, alpha_label(alpha), int(seed))
                                     exps = self.runs.setdefault(key, [])
+                                    if self.bases.setdefault(key, exp_base) != exp_base:
+                                        problems.append(
+                                            f"experiments.{exp_name}.base: run {key.path} is also in experiment "
+                                            f"{exps[0]} with another base; give the experiments different architecture sets"
+                                        )
                                     if exp_name not in exps:
                                         exps.append(exp_name)
         if problems:
@@ -205,33 +231,44 @@ class Study:
                 "unet": {"d": key.d},
             },
         }
-        return deep_merge(self.cfg.get("base", {}), point)
+        base = deep_merge(self.cfg.get("base", {}), self.bases.get(key, {}))
+        return deep_merge(base, point)
 
-    def partition_config(self, label: str) -> dict:
-        """What the partition shared by every run with this alpha and seed depends on, and nothing else
-        (so that changing, say, the learning rate does not remake partitions)."""
-        alpha_part, seed = label.rsplit("-s", 1)
-        key = next(k for k in self.runs if k.alpha == alpha_part and k.seed == int(seed))
+    def task(self, key: RunKey) -> str:
+        """``classification`` or ``segmentation``: what the run's dataset asks for."""
+        return task_of(self.run_config(key))
+
+    def experiments_of_task(self, task: str) -> list[str]:
+        """The experiments with runs of ``task``, sorted."""
+        return sorted({e for k, exps in self.runs.items() if self.task(k) == task for e in exps})
+
+    def _partition_config_of(self, key: RunKey) -> dict:
         full = self.run_config(key)
         return {
-            "name": f"{self.name}/partitions/{label}",
+            "name": f"{self.name}/partitions/{key.partition}",
             "seed": full["seed"],
             **{k: full[k] for k in ("dataset", "partition") if k in full},
         }
+
+    def partition_config(self, label: str, digest: str | None = None) -> dict:
+        """What the partition of the runs with this alpha and seed (``<alpha>-s<seed>``) depends on,
+        and nothing else (so that changing, say, the learning rate does not remake partitions).
+        Runs on another dataset (a segmentation experiment's) have another partition of the same
+        label: ``digest`` picks the one whose settings have it."""
+        for key in sorted(k for k in self.runs if k.partition == label):
+            cfg = self._partition_config_of(key)
+            if digest is None or _digest(cfg) == digest:
+                return cfg
+        raise StudyError([f"no partition {label}-{digest} in study {self.name}"])
 
     def partition_file(self, key: RunKey) -> str:
         """Name of the partition file a run uses: alpha, seed, and a digest of every setting the
         partition depends on, so that a change of those settings makes a new file (and reruns
         the runs that use it) instead of silently reusing the old one."""
-        return f"{key.partition}-{self.partition_digest(key.partition)}"
+        return f"{key.partition}-{_digest(self._partition_config_of(key))}"
 
     def partition_digest(self, label: str) -> str:
-        import hashlib
-        import json
-
-        cfg = self.partition_config(label)
-        cfg.pop("name")
-        return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:8]
+        return _digest(self.partition_config(label))
 
     @property
     def partitions(self) -> list[str]:
@@ -245,6 +282,8 @@ class Study:
         experiments = sorted(self.cfg["experiments"])
         names = [f"curves_{e}" for e in experiments]
         names += [SUMMARY_FIGURES[e] for e in experiments if e in SUMMARY_FIGURES]
+        if self.experiments_of_task("segmentation"):
+            names.append(SEGMENTATION_FIGURE)
         return names + [f"partition_{p}" for p in self.partitions]
 
     def run_table(self) -> list[dict]:

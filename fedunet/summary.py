@@ -26,13 +26,7 @@ def build(sim: Simulation, started: str) -> dict:
     """The summary of a run that has trained every round (``started``: when this process began)."""
     cfg, rows, clients = sim.cfg, sim.rows, sim.clients
     final = rows[-1]
-    # the best round is chosen on the clients' validation splits; both test protocols are
-    # then read at that round (never chosen on themselves)
-    chosen = metrics.best_round(rows, "val_acc")
-    best = {}
-    if chosen is not None:
-        best = {"selected_by": "val_acc", "round": chosen["round"]}
-        best.update({k: chosen[k] for k in ("val_acc", "pers_acc", "global_acc") if k in chosen})
+    task = getattr(sim, "task", "classification")
     diverged_events = [e for e in sim.events if e["event"] == "diverged"]
     upload = sim.last_upload  # the last payload a client encoded (FedKD's size changes every round)
     mean_train_s = sum(r["time_train_s"] for r in rows) / len(rows)
@@ -48,7 +42,7 @@ def build(sim: Simulation, started: str) -> dict:
         "rounds": cfg["federated"]["rounds"],
         # the last round's results: neither wall-clock times nor the server's numbers (metrics.csv only)
         "final": {k: v for k, v in final.items() if k not in metrics.TIMING_COLUMNS and not k.startswith(SERVER_PREFIX)},
-        "best": best,
+        "best": best_of(rows, task),
         "diverged": {
             "any": bool(diverged_events),
             "client_rounds": len(diverged_events),
@@ -83,6 +77,7 @@ def build(sim: Simulation, started: str) -> dict:
             "class_counts": sim.class_counts,
         },
         "events": sim.events,
+        **({"segmentation": _segmentation(sim)} if task == "segmentation" else {}),
         "timing": {
             "wall_s": sim.elapsed,
             "mean_round_s": sum(r["time_round_s"] for r in rows) / len(rows),
@@ -111,7 +106,45 @@ def build(sim: Simulation, started: str) -> dict:
     }
 
 
+# What the best round is chosen on (a validation split, never a test set) and what is read there.
+SELECTION = {
+    "classification": ("val_acc", ("val_acc", "pers_acc", "global_acc")),
+    "segmentation": ("val_miou", ("val_miou", "val_pixel_acc", "pers_miou", "pers_pixel_acc", "global_miou", "global_pixel_acc")),
+}
+
+
+def best_of(rows: list[dict], task: str = "classification") -> dict:
+    """The best round, chosen on the clients' validation splits (``val_acc``; segmentation:
+    ``val_miou``), with both test protocols read at that round (never chosen on themselves);
+    ``{}`` when no round has a validation score."""
+    key, read = SELECTION[task]
+    chosen = metrics.best_round(rows, key)
+    if chosen is None:
+        return {}
+    return {"selected_by": key, "round": chosen["round"], **{k: chosen[k] for k in read if k in chosen}}
+
+
+def _segmentation(sim: Simulation) -> dict:
+    """What a segmentation run's summary adds: the classes, the ignored mask value, the examples file."""
+    from fedunet.segmentation import run as segmentation_run
+    from fedunet.segmentation.dataset import IGNORE_INDEX
+
+    return {
+        "classes": list(sim.data.class_names),
+        "ignore_index": IGNORE_INDEX,
+        "canvas_size": sim.data.input_size,
+        "examples": segmentation_run.EXAMPLES_FILE,
+    }
+
+
 # ------------------------------------------------------------------ readers
+
+
+def task(s: dict) -> str:
+    """``segmentation`` or ``classification``, by the run's dataset (summaries of every version)."""
+    from fedunet.segmentation.runconfig import SEGMENTATION_DATASETS
+
+    return "segmentation" if s["dataset"] in SEGMENTATION_DATASETS else "classification"
 
 
 def final(s: dict) -> dict:
@@ -125,12 +158,23 @@ def final_accuracy(s: dict) -> dict:
     return {"pers_acc": f.get("pers_acc"), "pers_acc_client_std": f.get("pers_acc_std"), "global_acc": f.get("global_acc")}
 
 
+def final_segmentation(s: dict) -> dict:
+    """A segmentation run's last round: mIoU and pixel accuracy under both protocols, and the
+    spread of per-client mIoU (``None`` where the run did not evaluate one)."""
+    f = s["final"]
+    keys = ("pers_miou", "pers_miou_std", "pers_pixel_acc", "global_miou", "global_miou_std", "global_pixel_acc")
+    return {k: f.get(k) for k in keys}
+
+
 def best(s: dict) -> dict:
-    """The validation-best round and both protocols read there; every value ``None`` when the
-    summary chose its best round otherwise (on a test split, before validation splits existed)."""
+    """The validation-best round and both protocols read there (classification: ``val_acc``,
+    ``pers_acc``, ``global_acc``; segmentation: ``val_miou`` and mIoU and pixel accuracy); every
+    value ``None`` when the summary chose its best round otherwise (on a test split, before
+    validation splits existed)."""
     b = s["best"]
-    fair = b.get("selected_by") == "val_acc"
-    return {k: b.get(k) if fair else None for k in ("round", "val_acc", "pers_acc", "global_acc")}
+    key, read = SELECTION[task(s)]
+    fair = b.get("selected_by") == key
+    return {k: b.get(k) if fair else None for k in ("round", *read)}
 
 
 def architecture_accuracies(s: dict) -> dict[str, float]:

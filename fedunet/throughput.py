@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from fedunet.costs import forward_flops_per_sample, training_flops_per_sample
-from fedunet.model import ClientModel, ModelSpec
+from fedunet.costs import forward_flops_per_sample, targets, training_flops_per_sample
+from fedunet.model import ModelSpec, build_model
 
 if TYPE_CHECKING:
     from fedunet.workload import RunWork
@@ -43,12 +43,12 @@ def measure(
     repeated until ``min_seconds`` have passed (at most ``50 * steps``)."""
     dev = torch.device(device)
     torch.manual_seed(0)
-    model = ClientModel(spec).to(dev)
+    model = build_model(spec).to(dev)
     x = torch.randn(batch_size, spec.in_channels, spec.input_size, spec.input_size, device=dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, spec.num_classes, (batch_size,), device=dev)
+    y = targets(spec, batch_size, dev)  # per pixel for a segmentation model
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train(train)
 
@@ -126,7 +126,7 @@ class Prices:
             return table[spec]
         flops = training_flops_per_sample(spec) if train else forward_flops_per_sample(spec)
         if spec.architecture in self.given:
-            plain = ModelSpec(**{**spec.__dict__, "unet_d": None, "feature_width": None})
+            plain = replace(spec, unet_d=None, **({"feature_width": None} if hasattr(spec, "feature_width") else {}))
             flop_rate = self.given[spec.architecture] * training_flops_per_sample(plain)
             return flop_rate / flops
         if self.tflops:
@@ -203,7 +203,8 @@ def measure_prices(
 def describe(spec: ModelSpec) -> str:
     """A model in one short line (for logs and reports): backbone, width, U-Net, projection."""
     unet = f"+U-Net d={spec.unet_d} {spec.fusion}" if spec.unet_d else ""
-    if spec.unet_d and (spec.fusion_source, spec.fusion_head) != ("decoder", "linear"):
-        unet += f"-{spec.fusion_source}-{spec.fusion_head}"
-    proj = f" K={spec.feature_width}" if spec.feature_width else ""
+    reading = (getattr(spec, "fusion_source", "decoder"), getattr(spec, "fusion_head", "linear"))
+    if spec.unet_d and reading != ("decoder", "linear"):
+        unet += f"-{reading[0]}-{reading[1]}"
+    proj = f" K={spec.feature_width}" if getattr(spec, "feature_width", None) else ""
     return f"{spec.architecture} w{spec.width:g}{unet}{proj}"

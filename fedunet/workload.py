@@ -33,8 +33,11 @@ class _Geometry:
 
 
 def dataset_sizes(cfg: dict) -> tuple[int, int]:
-    """(samples the clients partition, samples of the global test set) of a run config."""
+    """(samples the clients partition, samples of the global test set) of a run config; for
+    segmentation, canvases (composites: each source image pasted ``uses_per_image`` times)."""
     ds = cfg["dataset"]
+    if ds["name"] in SEGMENTATION_TEST_SIZES:
+        return _segmentation_sizes(cfg)
     if ds["name"] == "synthetic":
         train, test = ds["synthetic"]["train_size"], ds["synthetic"]["test_size"]
     else:
@@ -46,6 +49,22 @@ def dataset_sizes(cfg: dict) -> tuple[int, int]:
     if cfg["partition"]["scheme"] == "htfl":  # the splits pooled, then partitioned
         train += test
     return train, test
+
+
+# global test images of the real segmentation datasets (composites: dataset.composite.test_canvases)
+SEGMENTATION_TEST_SIZES = {"fmnist-composite": None, "synthetic-composite": None, "oxford-pet": 3669, "voc": 1449}
+
+
+def _segmentation_sizes(cfg: dict) -> tuple[int, int]:
+    from fedunet.segmentation.runconfig import source_train_size
+
+    ds = cfg["dataset"]
+    train = source_train_size(cfg) if ds["max_train"] is None else min(source_train_size(cfg), ds["max_train"])
+    if ds["name"] not in ("fmnist-composite", "synthetic-composite"):
+        test = SEGMENTATION_TEST_SIZES[ds["name"]]
+        return train, test if ds["max_test"] is None else min(test, ds["max_test"])
+    c = ds["composite"]
+    return round(c["uses_per_image"] * train / (sum(c["garments"]) / 2)), c["test_canvases"]
 
 
 @dataclass

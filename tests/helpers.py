@@ -10,6 +10,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
+DEBIAN_FMNIST_PRESENT = any((DEBIAN_FMNIST / f).exists() for f in ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz"))
 SNAKEFILE = REPO / "workflow" / "Snakefile"  # where the Snakemake workflow catalog expects it
 
 TINY = {
@@ -27,6 +29,30 @@ TINY = {
     "eval": {"batch_size": 64},
     "runtime": {"device": "cpu", "progress": False, "threads": 1},
 }
+
+
+# A tiny segmentation run: composites of 8 px synthetic grayscale images on 16 px canvases, 3 clients.
+SEG_TINY = {
+    **TINY,
+    "name": "seg-tiny",
+    "dataset": {
+        "name": "synthetic-composite",
+        "synthetic": {"num_classes": 3, "channels": 1, "size": 8, "train_size": 360, "test_size": 90},
+        "composite": {"canvas_size": 16, "garments": [1, 2], "test_canvases": 40},
+    },
+    "partition": {"num_clients": 3, "alpha": 1.0, "min_samples": 20},
+    "model": {"architectures": ["encdec-tiny", "fcn-cnn"], "width": 0.25, "unet": {"d": 32}},
+    "federated": {"rounds": 2, "local_epochs": 2},
+    "optimizer": {"lr": 0.05},
+}
+
+
+def seg_tiny_raw(**sections) -> dict:
+    """The tiny segmentation config as a raw mapping, with sections merged in."""
+    raw = copy.deepcopy(SEG_TINY)
+    for key, value in sections.items():
+        raw[key] = {**raw[key], **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
+    return raw
 
 
 def tiny_raw(**sections) -> dict:

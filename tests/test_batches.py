@@ -7,6 +7,7 @@ import torch
 from fedunet.batches import (
     Augmentation,
     ClientLoader,
+    MaskLoader,
     Normalizer,
     gather_augmented,
     pad_images,
@@ -82,3 +83,24 @@ def test_one_gather_equals_crop_then_flip_with_the_same_draws(padding, flip):
     got = gather_augmented(pad_images(images, padding), idx, padding, flip, g2)
     assert torch.equal(got, expected)
     assert torch.equal(g1.get_state(), g2.get_state())  # same random stream consumed
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_masks_are_cropped_and_flipped_with_their_canvases(channels_last):
+    """Each pixel's class is written in its canvas (10 * (class + 1)): after augmentation every mask
+    pixel still names the class of its canvas pixel, and padding is ignored, never background."""
+    g = torch.Generator().manual_seed(0)
+    masks = torch.randint(0, 4, (40, 8, 8), generator=g, dtype=torch.uint8)
+    images = (10 * (masks.long() + 1)).to(torch.uint8).unsqueeze(1)
+    identity = Normalizer(torch.zeros(1), torch.full((1,), 1 / 255), torch.device("cpu"), channels_last)
+    loader = MaskLoader(images, masks, torch.arange(40), 16, torch.Generator().manual_seed(1), identity,
+                        Augmentation(crop_padding=2, flip=True), ignore_index=255)  # fmt: skip
+    batches = list(loader)
+    x = torch.cat([b[0] for b in batches])[:, 0]
+    y = torch.cat([b[1] for b in batches])
+    assert y.dtype == torch.int64 and y.shape == (40, 8, 8)
+    padded = y == 255
+    assert padded.any() and torch.equal(x[padded], torch.zeros_like(x[padded]))  # zero-padded canvas, ignored mask
+    assert torch.equal(x[~padded], 10.0 * (y[~padded] + 1))
+    # the memory format the runtime asks for, strides included (one channel is contiguous in both)
+    assert batches[0][0].stride()[1] == (1 if channels_last else 8 * 8)

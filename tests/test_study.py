@@ -2,6 +2,7 @@ import pytest
 
 from fedunet import methods, models, study
 from fedunet.config import load_yaml
+from fedunet.segmodel import SEG_BACKBONES
 from fedunet.study import RunKey, Study, StudyError, alpha_label
 
 
@@ -85,7 +86,7 @@ def test_unknown_architecture_or_method_names_the_field_and_the_registered_ones(
     with pytest.raises(StudyError) as err:
         Study(cfg)
     assert err.value.problems == [
-        f"architecture_sets.cnn.0: 'vgg12' is not allowed; allowed values: {', '.join(models.available())}",
+        f"architecture_sets.cnn.0: 'vgg12' is not allowed; allowed values: {', '.join(models.available() + list(SEG_BACKBONES))}",
         f"experiments.x.methods.0: 'fedsgd' is not allowed; allowed values: {', '.join(methods.available())}",
     ]
 
@@ -149,3 +150,44 @@ def test_study_configs_expand(tmp_path):
     sizes = {name: len(Study(load_yaml((root / "config" / f"{name}.yaml").read_text())).runs) for name in ("smoke", "fmnist")}
     assert sizes["smoke"] == 34  # tests/test_workflow.py SMOKE_RUNS
     assert sizes["fmnist"] >= 3 * 40  # >= 3 seeds of every cell
+
+
+SEGMENTATION_BASE = {
+    "dataset": {
+        "name": "synthetic-composite",
+        "synthetic": {"channels": 1, "size": 8, "num_classes": 3},
+        "composite": {"canvas_size": 16, "garments": [1, 2]},
+    }
+}
+
+
+def test_an_experiment_base_makes_a_segmentation_experiment_with_its_own_partitions():
+    cfg = study_cfg(a={}, seg={"architectures": ["seg"], "methods": ["fedunet", "local"], "base": SEGMENTATION_BASE})
+    cfg["architecture_sets"]["seg"] = ["encdec-tiny"]
+    s = Study(cfg)
+    cls, seg = RunKey("hetero", "fedunet", 32, "add", "a0.5", 0), RunKey("seg", "fedunet", 32, "add", "a0.5", 0)
+    assert s.task(cls) == "classification" and s.task(seg) == "segmentation"
+    assert s.run_config(seg)["dataset"]["name"] == "synthetic-composite" and s.run_config(cls)["dataset"] == {"name": "synthetic"}
+    assert s.experiments_of_task("segmentation") == ["seg"] and s.experiments_of_task("classification") == ["a"]
+    # the same alpha and seed, other canvases: another partition file, each found by its digest
+    assert s.partition_file(seg) != s.partition_file(cls) and s.partition_file(seg).startswith("a0.5-s0-")
+    for key in (cls, seg):
+        label, digest = s.partition_file(key).rsplit("-", 1)
+        assert s.partition_config(label, digest)["dataset"] == s.run_config(key)["dataset"]
+    assert len(s.partitions) == 4 and "segmentation_examples" in s.figure_names()
+    assert "segmentation_examples" not in Study(study_cfg(a={})).figure_names()
+    # the classification runs' partitions keep their names: a segmentation experiment changes none
+    assert s.partition_file(cls) == Study(study_cfg(a={})).partition_file(cls)
+
+
+def test_a_run_shared_by_experiments_with_other_bases_is_refused():
+    with pytest.raises(StudyError, match="experiments.b.base: run hetero/fedunet/d32-add-a0.5/seed0 is also in experiment a"):
+        Study(study_cfg(a={}, b={"base": {"optimizer": {"lr": 0.5}}}))
+    Study(study_cfg(a={"base": {"optimizer": {"lr": 0.5}}}, b={"base": {"optimizer": {"lr": 0.5}}}))  # the same base: fine
+
+
+def test_a_segmentation_experiment_is_checked_like_any_run():
+    cfg = study_cfg(seg={"architectures": ["hetero"], "methods": ["fedproto"], "base": SEGMENTATION_BASE})
+    with pytest.raises(StudyError) as err:
+        Study(cfg)
+    assert "experiment seg" in str(err.value) and "method: 'fedproto' has no per-pixel version" in str(err.value)

@@ -113,3 +113,21 @@ def test_summary_sizes_equal_a_fresh_encoding_for_fixed_size_payloads(tiny_cfg, 
     assert summary["communication"]["payload_bytes_up_per_client"] == len(serialization.encode(again))
     assert summary["communication"]["shared_tensor_bytes"] == sum(t.numel() * t.element_size() for t in again.values())
     assert summary["communication"]["shared_tensors"] == len(again)
+
+
+def test_segmentation_best_round_is_chosen_on_validation_miou_never_on_a_test_set():
+    # each score peaks in another round: only val_miou may choose
+    rows = [
+        {"round": 1, "val_miou": 0.30, "pers_miou": 0.9, "global_miou": 0.1, "pers_pixel_acc": 0.5, "val_acc": 0.99},
+        {"round": 2, "val_miou": 0.40, "pers_miou": 0.2, "global_miou": 0.2, "pers_pixel_acc": 0.6, "val_acc": 0.10},
+        {"round": 3, "val_miou": 0.40, "pers_miou": 0.3, "global_miou": 0.9, "pers_pixel_acc": 0.7, "val_acc": 0.10},
+        {"round": 4, "val_miou": float("nan"), "pers_miou": 1.0, "global_miou": 1.0, "pers_pixel_acc": 1.0},
+    ]
+    best = run_summary.best_of(rows, "segmentation")
+    read = {"val_miou": 0.40, "pers_miou": 0.2, "global_miou": 0.2, "pers_pixel_acc": 0.6}
+    assert best == {"selected_by": "val_miou", "round": 2, **read}
+    assert run_summary.best_of(rows)["round"] == 1  # classification chooses on val_acc
+    s = {**copy.deepcopy(SUMMARY), "dataset": "fmnist-composite", "best": best}
+    assert run_summary.task(s) == "segmentation" and run_summary.best(s)["pers_miou"] == 0.2
+    s["best"] = {**best, "selected_by": "pers_miou"}  # chosen on a test set: not reported as a best round
+    assert set(run_summary.best(s).values()) == {None}

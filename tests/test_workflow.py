@@ -117,9 +117,7 @@ def test_rounds_table_shows_each_rounds_mean_the_maximum_and_the_pace(monkeypatc
             {**cell, "run": "s1", "seed": 1, "mean_round_s": 30.0, "train_samples_per_s": 300.0},
         ]
     )
-    curves = pd.DataFrame(
-        {"run": ["s0"] * 3 + ["s1"] * 3, "round": [1, 2, 3] * 2, "pers_acc": [0.5, 0.9, 0.7, 0.3, 0.4, 0.8]}
-    )
+    curves = pd.DataFrame({"run": ["s0"] * 3 + ["s1"] * 3, "round": [1, 2, 3] * 2, "pers_acc": [0.5, 0.9, 0.7, 0.3, 0.4, 0.8]})
     t = rounds_table(runs, curves).iloc[0]
     assert [t["pers_acc_r1"], t["pers_acc_r2"], t["pers_acc_r3"]] == pytest.approx([0.4, 0.65, 0.75])
     assert t["pers_acc_max_over_rounds"] == pytest.approx((0.9 + 0.8) / 2)  # not max of the means (0.75)
@@ -149,7 +147,8 @@ def test_dry_run_of_the_paper_study_opens_no_dataset(tmp_path):
     study = yaml.safe_load(cfg.read_text())
     validate(study, str(SCHEMA))
     expanded = Study(study)
-    assert len(expanded.runs) > 150 and len(expanded.partitions) == 12  # 3 seeds x 4 alphas
+    # 3 seeds x 4 alphas, and the segmentation experiment's own canvases for its 3 seeds
+    assert len(expanded.runs) > 150 and len(expanded.partitions) == 12 + 3
     assert counts["train"] == len(expanded.runs) and counts["partition"] == len(expanded.partitions)
     assert counts["total"] == len(expanded.runs) + len(expanded.partitions) + 4  # costs, aggregate, figures, all
     assert not (tmp_path / "no-such-dir").exists()
@@ -396,3 +395,89 @@ def test_changed_settings_rerun_exactly_the_affected_jobs(smoke, tmp_path):
     assert cnn.get("train") == 6 and "partition" not in cnn  # cnn x {fedunet, fedavg, local} x 2 seeds, no other run
     split = dry_run(lambda s: s["base"]["partition"].update(min_samples=21))
     assert split.get("train") == SMOKE_RUNS and split.get("partition") == 4
+
+
+# ------------------------------------------------------------------ a segmentation experiment in a study
+
+SEGMENTATION_DATASET = {
+    "name": "synthetic-composite",
+    "synthetic": {"num_classes": 3, "channels": 1, "size": 8, "train_size": 240, "test_size": 60},
+    "composite": {"canvas_size": 16, "garments": [1, 2], "test_canvases": 40},
+}
+
+
+@pytest.fixture(scope="module")
+def segmentation_study(tmp_path_factory):
+    """The smoke study cut to one classification experiment plus a segmentation experiment, run once."""
+    workdir = tmp_path_factory.mktemp("segmentation-study")
+
+    def edit(cfg):
+        cfg["architecture_sets"]["seg"] = ["encdec-tiny", "fcn-cnn"]
+        cfg["experiments"] = {
+            "homogeneous": {"architectures": ["cnn"], "methods": ["fedunet", "local"]},
+            "segmentation": {
+                "architectures": ["seg"],
+                "methods": ["fedunet", "local", "fedunet-unet"],
+                "base": {"dataset": SEGMENTATION_DATASET},
+            },
+        }
+
+    cfg = write_study(workdir, edit=edit)
+    r = snakemake(workdir, "--cores", "2", "--configfile", str(cfg))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return workdir, cfg
+
+
+def test_segmentation_experiment_adds_its_tables_and_figure(segmentation_study):
+    workdir, cfg = segmentation_study
+    out = workdir / "results" / "smoke"
+    runs = pd.read_csv(out / "tables" / "segmentation_runs.csv")
+    assert runs["run"].nunique() == 6 and set(runs["method"]) == {"fedunet", "local", "fedunet-unet"}
+    assert set(runs["dataset"]) == {"synthetic-composite"}
+    for _, row in runs.iterrows():  # each row is its run's summary.json
+        final = json.loads((out / "runs" / row["run"] / "summary.json").read_text())["final"]
+        assert (row["final_pers_miou"], row["final_global_pixel_acc"]) == (final["pers_miou"], final["global_pixel_acc"])
+    cells = pd.read_csv(out / "tables" / "segmentation.csv")
+    fedunet = cells[cells["method"] == "fedunet"].squeeze()
+    mine = runs[runs["method"] == "fedunet"]
+    assert fedunet["seeds"] == 2 and fedunet["final_global_miou_mean"] == pytest.approx(mine["final_global_miou"].mean())
+    assert fedunet["final_pers_pixel_acc_std"] == pytest.approx(mine["final_pers_pixel_acc"].std())
+    assert fedunet["dataset"].startswith("synthetic-composite (composites")
+    comp = pd.read_csv(out / "tables" / "segmentation_comparisons.csv")
+    local = comp[comp["versus"] == "local"].squeeze()
+    theirs = runs[runs["method"] == "local"].set_index("seed")
+    diff = 100 * (mine.set_index("seed")["final_pers_miou"] - theirs["final_pers_miou"])
+    assert local["pairs"] == 2 and local["final_pers_miou_diff_pts"] == pytest.approx(diff.mean())
+    md = (out / "tables" / "segmentation.md").read_text()
+    assert md.startswith("# Semantic segmentation (synthetic-composite: composites)") and "FedUNet - X, global mIoU" in md
+    assert "from 6 runs" in md and "datasets: synthetic-composite;" in md  # its own runs' provenance
+    figures = {p.name for p in (out / "figures").iterdir()}
+    assert {"segmentation_examples.png", "segmentation_examples.pdf", "curves_segmentation.png"} <= figures
+    pixel_partitions = [p for p in (out / "partitions").glob("*.counts.csv") if "pixels_class_0" in p.read_text()]
+    assert len(pixel_partitions) == 2 and {f"partition_{p.name[: -len('.counts.csv')]}.png" for p in pixel_partitions} <= figures
+    assert "wrote segmentation_examples.png" in (out / "logs" / "figures.log").read_text()
+    r = snakemake(workdir, "-n", "--configfile", str(cfg))
+    assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr
+
+
+def test_segmentation_experiment_changes_no_classification_table(segmentation_study, monkeypatch, tmp_path):
+    """The classification tables of a study with a segmentation experiment are those of the same
+    study without it (footers included), but for the time they were generated."""
+    workdir, cfg = segmentation_study
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    from aggregate import aggregate
+
+    out = workdir / "results" / "smoke"
+    study_cfg = yaml.safe_load(cfg.read_text())
+    validate(study_cfg, str(SCHEMA))
+    study = Study(study_cfg)
+    only = [e for e in study.run_table() if e["experiment"] != "segmentation"]
+    info = {"name": "smoke", "config_files": [cfg.name], "defaults": study_cfg["defaults"]}
+    aggregate(only, out / "runs", tmp_path, out / "tables" / "costs.json", info)
+    generated = re.compile(r"on \d{4}-\d\d-\d\dT[\d:+]+ from")
+    names = sorted(p.name for p in tmp_path.iterdir() if p.name != "provenance.json")
+    assert "accuracy.md" in names and "runs.csv" in names and not any(n.startswith("segmentation") for n in names)
+    for name in names:
+        ours = generated.sub("on <time> from", (out / "tables" / name).read_text())
+        alone = generated.sub("on <time> from", (tmp_path / name).read_text())
+        assert ours == alone, name

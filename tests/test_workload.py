@@ -4,7 +4,7 @@ evaluated, per client and round, against a hooked simulation."""
 from __future__ import annotations
 
 import pytest
-from helpers import tiny_raw
+from helpers import seg_tiny_raw, tiny_raw
 
 from fedunet import config
 from fedunet.federated import Simulation
@@ -40,7 +40,22 @@ def count_forward_samples(sim: Simulation) -> dict:
     ],
 )
 def test_the_counted_work_is_the_engines(tmp_path, method, sections):
-    raw = tiny_raw(method=method, **sections)
+    check_counted_work(tiny_raw(method=method, **sections), tmp_path)
+
+
+def test_the_counted_work_of_a_segmentation_run_is_the_engines(tmp_path):
+    """Canvases trained and evaluated, and the expected canvases of composites close to the real ones."""
+    check_counted_work(seg_tiny_raw(), tmp_path)
+    cfg = config.validate(seg_tiny_raw())
+    sim = Simulation(cfg, tmp_path / "built")
+    sim.build()
+    expected = run_work(cfg)
+    epochs = cfg["federated"]["local_epochs"]
+    assert sum(c.train for c in expected.clients) / epochs == pytest.approx(sum(c.num_train for c in sim.clients), rel=0.1)
+
+
+def check_counted_work(raw: dict, tmp_path):
+    method = raw["method"]
     cfg = config.validate(raw)
     sim = Simulation(cfg, tmp_path)
     sim.build()

@@ -1,52 +1,38 @@
-"""Semantic segmentation building blocks: composite Fashion-MNIST canvases, real-dataset loaders, mIoU.
+"""Semantic segmentation: composite Fashion-MNIST canvases, real-dataset loaders, mIoU, and the
+pieces that run it in the federated engine.
 
-Standalone and tested; not yet wired into the federated engine.
+How the engine runs segmentation
+================================
+A run config whose ``dataset.name`` is a segmentation dataset (:mod:`~fedunet.segmentation.runconfig`:
+``fmnist-composite``, ``synthetic-composite``, ``oxford-pet``, ``voc``) is a segmentation run; the
+engine (``fedunet/federated.py``, ``fedunet/population.py``, ``fedunet/client.py``) branches on it in
+four places, each a function here:
 
-Design note: what the engine needs to run segmentation
-======================================================
-(``fedunet/federated.py``, ``fedunet/client.py``, ``fedunet/metrics.py``, ``fedunet/population.py``;
-the pieces here and in ``fedunet/segmodel.py`` are built to slot into them.)
+* **Config** (:mod:`~fedunet.segmentation.runconfig`): defaults that follow the task (segmentation
+  backbones, ``dataset.composite`` / ``dataset.segmentation``) and the refusals: methods that exchange
+  class-level vectors (FD logits, FedProto/FedGH/FedTGP prototypes, LG-FedAvg's head) have no
+  per-pixel version, so only ``fedunet``, ``fedunet-unet``, ``local`` and ``fedavg`` are allowed; the
+  fusion is the decoder's, per pixel; no pooled (``htfl``) partition; composites take their global
+  test set from ``dataset.composite.test_canvases`` (not ``dataset.max_test``).
+* **Data** (:mod:`~fedunet.segmentation.run`): :func:`federated_composites` partitions the source
+  images *before* compositing (label skew over the classes on each client's canvases) and the
+  partition comes with the dataset; masks stand in for labels (``SegmentationDataset.train_labels``),
+  class counts are pixels (:func:`class_pixel_counts`), normalization comes from the clients' training
+  canvases (no published constants fit them), and ``fedunet.batches.MaskLoader`` crops and flips each
+  mask with its canvas (padding with :data:`IGNORE_INDEX`, never background) and makes it int64.
+* **Model and loss**: ``fedunet.segmodel.SegClientModel`` from a ``SegSpec`` per client; its
+  submodule names follow ``ClientModel``'s (``unet.bottleneck.`` is what FedUNet shares, the same
+  tensors and bytes as in classification for the same ``d``). ``client.cross_entropy`` is per pixel
+  for masks, over the pixels not marked :data:`IGNORE_INDEX`
+  (:func:`~fedunet.segmentation.evaluation.pixel_loss`).
+* **Metrics, both protocols** (:mod:`~fedunet.segmentation.evaluation`): confusion matrices on the
+  device, one host transfer per evaluation; personalized mIoU and pixel accuracy of the matrix summed
+  over clients, global ones per client averaged over clients, ``val_miou`` for the best round, the
+  per-pixel path diagnostics. A finished run leaves ``examples.npz`` (numpy arrays) for the figures.
 
-* **Data.** :func:`federated_composites` returns a :class:`SegmentationDataset` (uint8 images
-  ``(N, C, S, S)``, uint8 masks ``(N, S, S)``) and a :class:`fedunet.partition.Partition` whose
-  per-client ``train``/``test`` indices point into the canvas arrays, so ``ClientLoader(images,
-  masks, indices, ...)`` and ``eval_batches`` work unchanged with masks in the place of labels
-  (``labels[idx]`` gathers masks). Masks must become ``int64`` per batch (``.long()``) for the loss.
-  ``population.load_run_dataset``/``partition_for`` need a branch for task ``segmentation``: the
-  partition is made *before* compositing (it is of the source images) and comes with the dataset.
-  ``Partition.class_counts`` counts per-sample labels; for canvases use :func:`class_pixel_counts`.
-  The global test set is ``test_images``/``test_masks`` (composites of the official test split, every
-  class present). Normalization: Fashion-MNIST's constants are wrong for canvases (mostly background);
-  use the clients' training canvases (``dataset.normalization: clients``) or new constants.
-* **Augmentation** must move image and mask together: ``gather_augmented`` computes crop rows/cols
-  and flips for images only. The engine needs the same index arithmetic applied to the mask batch
-  (pad masks with :data:`IGNORE_INDEX`, not background, so padding never counts as class 0), or
-  no augmentation for segmentation (the canvases are already random placements).
-* **Model.** ``fedunet.segmodel.SegClientModel`` replaces ``ClientModel`` (built from
-  ``SegSpec``); its submodule names follow the same protocol (``unet.bottleneck.`` is what FedUNet
-  shares), so ``fedunet``, ``fedunet-unet``, ``local`` and ``fedavg`` run unchanged. Methods that
-  exchange class-level vectors (FD logits, FedProto/FedGH/FedTGP prototypes, LG-FedAvg's head) need
-  per-pixel versions (prototypes averaged over pixels of a class, a 1x1-conv head); leave them out
-  until written. ``fusion.norms``/``ablate`` diagnostics do not exist on the per-pixel fusion.
-* **Loss.** ``client.cross_entropy`` works as is on ``(B, K, H, W)`` logits and ``(B, H, W)``
-  targets, with ``ignore_index=IGNORE_INDEX`` (the real datasets' borders): a segmentation loss
-  function ``F.cross_entropy(logits, y.long(), ignore_index=255)`` per method.
-* **Metrics, both protocols.** ``metrics.evaluate`` counts ``argmax(1) == y`` per sample; a
-  segmentation version accumulates a :class:`ConfusionMatrix` on the device (no per-sample Python,
-  one host sync per evaluation) and returns the matrix. *Personalized*: each client on its own
-  held-out canvases; report the mIoU of the matrix summed over clients (pixel-weighted, the analogue of
-  sample-weighted accuracy) and the mean/std of per-client mIoU. *Global*: each client model on the
-  global test canvases, mIoU per client, averaged over clients (and per architecture). Pixel
-  accuracy alongside both. Columns: ``pers_miou``, ``pers_pixel_acc``, ``global_miou``,
-  ``global_pixel_acc`` (and ``val_miou`` for the validation best round); ``summarize_round`` and
-  the study tables key on ``*_acc`` today and need the task's primary metric as a parameter.
-  Classes absent from both prediction and ground truth of a matrix are excluded from its mean
-  (:func:`iou_per_class` returns NaN for them), so a client whose canvases never show a class is
-  not penalized for it in the personalized protocol.
-* **Bytes per round** are unchanged: the U-Net bottleneck depends only on ``d``
-  (``DoubleConv(d/2 -> d)``), whatever the canvas size or the number of classes.
-* **Tables.** Name the dataset ``fmnist-composite`` in every table (not Fashion-MNIST): they are
-  composites made by :mod:`fedunet.segmentation.composites`, not a published segmentation benchmark.
+Bytes per round are unchanged: the U-Net bottleneck depends only on ``d`` (``DoubleConv(d/2 -> d)``),
+whatever the canvas size or the number of classes. Tables name the dataset ``fmnist-composite`` and
+label it as composites (made by :mod:`fedunet.segmentation.composites`, not a published benchmark).
 
 The pieces, one module each: :mod:`~fedunet.segmentation.dataset` (the dataset and its masks),
 :mod:`~fedunet.segmentation.composites` (``fmnist-composite``), :mod:`~fedunet.segmentation.pet_voc`

@@ -30,6 +30,18 @@ class SegmentationDataset(ImageSplits):
     num_classes: int  # background included
     class_names: tuple[str, ...]
     settings: dict = field(default_factory=dict)
+    # composites come with their client partition (made of the source images before compositing)
+    partition: Partition | None = field(default=None, repr=False, compare=False)
+
+    # The engine gathers a batch's targets as ``labels[idx]`` (fedunet.batches): for a segmentation
+    # dataset those are the masks (uint8, made int64 per batch by the loader).
+    @property
+    def train_labels(self) -> Tensor:
+        return self.train_masks
+
+    @property
+    def test_labels(self) -> Tensor:
+        return self.test_masks
 
     def content_hash(self) -> str:
         """SHA-256 of every tensor's bytes (what "bit-identical" is checked against)."""

@@ -3,8 +3,10 @@
 
 rule costs:
     input:
-        # after training, so that the throughput measurement has the machine to itself
-        runs=[ancient(s) for s in SUMMARIES],
+        # after training, so that the throughput measurement has the machine to itself; the
+        # classification runs only (their backbones are what it measures): a segmentation experiment
+        # added to a study does not remeasure them
+        runs=[ancient(s) for s in CLASSIFICATION_SUMMARIES],
     output:
         f"{OUT}/tables/costs.json",
     params:
@@ -37,11 +39,12 @@ localrules:
 rule aggregate:
     input:
         summaries=SUMMARIES,  # metrics.csv and clients.csv are complete once these exist
-        costs=f"{OUT}/tables/costs.json",
+        costs=COSTS,  # none in a study of segmentation runs only
     output:
         [table_output(t) for t in TABLES],
     params:
         runs=STUDY.run_table(),
+        tables=tables_dir,
         study={"name": STUDY.name, "config_files": CONFIG_FILES, "defaults": config["defaults"]},
     log:
         f"{OUT}/logs/aggregate.log",

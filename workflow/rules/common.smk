@@ -31,15 +31,29 @@ wildcard_constraints:
 
 SUMMARIES = [f"{OUT}/runs/{k.path}/summary.json" for k in sorted(STUDY.runs)]
 PARTITION_COUNTS = [f"{OUT}/partitions/{p}.counts.csv" for p in STUDY.partitions]
-TABLE_NAMES = ["accuracy", "rounds", "communication", "compute", "paper_vs_ours"]
-if "heterogeneous" in config["experiments"]:
+# Classification tables come from the classification runs; a segmentation experiment (a segmentation
+# dataset in its base) adds its own tables and figure, and changes none of the others.
+CLASSIFICATION = [k for k in sorted(STUDY.runs) if STUDY.task(k) == "classification"]
+SEGMENTATION = [k for k in sorted(STUDY.runs) if STUDY.task(k) == "segmentation"]
+TABLE_NAMES = ["accuracy", "rounds", "communication", "compute", "paper_vs_ours"] if CLASSIFICATION else []
+if "heterogeneous" in STUDY.experiments_of_task("classification"):
     TABLE_NAMES.append("methods")
 TABLES = [f"{OUT}/tables/{name}.{ext}" for name in TABLE_NAMES for ext in ("csv", "md")]
-TABLES += [f"{OUT}/tables/{name}" for name in ("runs.csv", "curves.csv", "per_architecture.csv", "provenance.json")]
+if CLASSIFICATION:
+    TABLES += [f"{OUT}/tables/{name}" for name in ("runs.csv", "curves.csv", "per_architecture.csv")]
+SEGMENTATION_TABLES = [f"{OUT}/tables/segmentation_{name}.csv" for name in ("runs", "curves")] if SEGMENTATION else []
+if SEGMENTATION:
+    TABLES += [f"{OUT}/tables/segmentation.{ext}" for ext in ("csv", "md")] + SEGMENTATION_TABLES
+    TABLES.append(f"{OUT}/tables/segmentation_comparisons.csv")
+TABLES.append(f"{OUT}/tables/provenance.json")
 FIGURES = [f"{OUT}/figures/{name}.{ext}" for name in STUDY.figure_names() for ext in ("png", "pdf")]
-# measured by the costs job: every backbone of the study, every d of the study plus the paper's two
-STUDY_ARCHS = sorted({a for s in {k.archset for k in STUDY.runs} for a in config["architecture_sets"][s]})
-STUDY_D = sorted({k.d for k in STUDY.runs} | {128, 1024})
+CLASSIFICATION_SUMMARIES = [f"{OUT}/runs/{k.path}/summary.json" for k in CLASSIFICATION]
+# the runs whose examples.npz the segmentation figure shows (written before their summary.json)
+SEGMENTATION_SUMMARIES = [f"{OUT}/runs/{k.path}/summary.json" for k in SEGMENTATION]
+# measured by the costs job: every classification backbone of the study, every d of the study plus the paper's two
+STUDY_ARCHS = sorted({a for s in {k.archset for k in CLASSIFICATION} for a in config["architecture_sets"][s]})
+STUDY_D = sorted({k.d for k in CLASSIFICATION} | {128, 1024})
+COSTS = [f"{OUT}/tables/costs.json"] if CLASSIFICATION else []
 CONFIG_FILES = [os.path.relpath(p) for p in workflow.overwrite_configfiles] or ["config/config.yaml"]
 
 # ------------------------------------------------------------------ resources
@@ -96,9 +110,10 @@ def partition_of(wildcards):
 
 def partition_config_checked(wildcards):
     label = f"{wildcards.alpha}-s{wildcards.seed}"
-    if STUDY.partition_digest(label) != wildcards.digest:
-        raise WorkflowError(f"partition {label}-{wildcards.digest} does not match the current settings")
-    return STUDY.partition_config(label)
+    try:
+        return STUDY.partition_config(label, wildcards.digest)
+    except StudyError:
+        raise WorkflowError(f"partition {label}-{wildcards.digest} does not match the current settings") from None
 
 
 def as_yaml(obj):
@@ -118,6 +133,11 @@ def partition_config_yaml(wildcards):
 def first_run_config(wildcards, input):
     """The run.yaml beside the first run's summary: the settings `fedunet info` measures with."""
     return os.path.join(os.path.dirname(input.runs[0]), "run.yaml")
+
+
+def tables_dir(wildcards, output):
+    """The study's tables folder, from a rule's outputs (results/<study>/tables/* or figures/*)."""
+    return os.path.join(os.path.dirname(os.path.dirname(output[0])), "tables")
 
 
 def table_output(path):

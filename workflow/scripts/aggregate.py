@@ -9,7 +9,12 @@ file atomically.  Tables (under ``<results>/<study>/tables/``):
 * ``curves.csv``: per run and evaluated round, both protocols (for the figures);
 * ``per_architecture.csv``: final global accuracy of each backbone in each run;
 * ``accuracy``, ``comparisons``, ``readings``, ``methods``, ``communication``, ``compute``,
-  ``paper_vs_ours``: see ``study_tables.py``.
+  ``paper_vs_ours``: see ``study_tables.py``;
+* with segmentation runs (a segmentation dataset, ``fedunet.summary.task``): ``segmentation_runs.csv``,
+  ``segmentation_curves.csv``, ``segmentation`` (mIoU and pixel accuracy per cell) and
+  ``segmentation_comparisons.csv`` (FedUNet minus each method, paired over seeds).  The classification
+  tables above hold the classification runs only (their footers too), so adding a segmentation
+  experiment to a study changes none of them.
 
 Every Markdown table ends with its provenance; ``provenance.json`` has it per run.  Run as a
 Snakemake script (what it did goes to the rule's log), or import :func:`aggregate` from tests.
@@ -24,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 import study_markdown as md
 import study_tables as tables
+from study_tables import SEGMENTATION_COMPARED, SEGMENTATION_METRICS
 
 from fedunet import summary as run_summary
 from fedunet.metrics import LossReference
@@ -50,41 +56,64 @@ def load_runs(run_table: list[dict], runs_dir: Path) -> dict[str, dict]:
 
 def run_rows(run_table: list[dict], loaded: dict[str, dict]) -> pd.DataFrame:
     rows = []
-    facts = {run: _run_facts(files["summary"], files["metrics"]) for run, files in loaded.items()}
     for entry in run_table:
-        s, f = loaded[entry["run"]]["summary"], facts[entry["run"]]
-        final, acc, comm = run_summary.final(s), run_summary.final_accuracy(s), run_summary.communication(s)
+        s = loaded[entry["run"]]["summary"]
+        acc = run_summary.final_accuracy(s)
         best = run_summary.best(s)  # None throughout when chosen on a test split (summaries before validation splits)
-        rows.append(
-            {
-                **entry,
-                "rounds": s["rounds"],
-                "reading": _reading(s["config"]["model"]),
-                "final_pers_acc": acc["pers_acc"],
-                "final_pers_acc_client_std": acc["pers_acc_client_std"],
-                "final_global_acc": acc["global_acc"],
-                "best_round": best["round"],
-                "best_val_acc": best["val_acc"],
-                "best_pers_acc": best["pers_acc"],
-                "best_global_acc": best["global_acc"],
-                **{k: final.get(k) for k in tables.DIAGNOSTICS},
-                "diverged": f["diverged"],
-                "flattened": f["flattened"],
-                "last5_change_pers_pts": 100 * f["delta_pers"],
-                "last5_change_global_pts": 100 * f["delta_global"],
-                "mb_per_round": f["mb_per_round"],
-                "mb_up_per_client": f["mb_up_per_client"],
-                "mb_down_per_client": f["mb_down_per_client"],
-                "mb_round_total": final["mb_round_total"],
-                "payload_bytes": comm["payload_bytes"],
-                "shared_tensor_bytes": comm["shared_tensor_bytes"],
-                "rejected_payloads": run_summary.rejected_payloads(s),
-                **run_summary.timing(s),
-                **run_summary.provenance(s),
-                "dataset": s["dataset"],
-            }
-        )
+        scores = {
+            "final_pers_acc": acc["pers_acc"],
+            "final_pers_acc_client_std": acc["pers_acc_client_std"],
+            "final_global_acc": acc["global_acc"],
+            "best_round": best["round"],
+            "best_val_acc": best["val_acc"],
+            "best_pers_acc": best["pers_acc"],
+            "best_global_acc": best["global_acc"],
+            **{k: run_summary.final(s).get(k) for k in tables.DIAGNOSTICS},
+        }
+        rows.append(_row(entry, loaded[entry["run"]], scores, ("pers_acc", "global_acc")))
     return pd.DataFrame(rows)
+
+
+def segmentation_rows(run_table: list[dict], loaded: dict[str, dict]) -> pd.DataFrame:
+    """One row per segmentation run and experiment: mIoU and pixel accuracy under both protocols at
+    the last round and at the validation-best round (chosen on ``val_miou``), then what every run has."""
+    rows = []
+    for entry in run_table:
+        s = loaded[entry["run"]]["summary"]
+        final, best = run_summary.final_segmentation(s), run_summary.best(s)
+        scores = {f"final_{k}": final[k] for k in ("pers_miou", "pers_pixel_acc", "global_miou", "global_pixel_acc")}
+        scores["final_pers_miou_client_std"] = final["pers_miou_std"]
+        scores.update({f"best_{k}": v for k, v in best.items()})
+        scores.update({k: run_summary.final(s).get(k) for k in tables.SEGMENTATION_DIAGNOSTICS})
+        rows.append(_row(entry, loaded[entry["run"]], scores, ("pers_miou", "global_miou")))
+    return pd.DataFrame(rows)
+
+
+def _row(entry: dict, files: dict, scores: dict, protocols: tuple[str, str]) -> dict:
+    """A run's row: its grid point, its scores, then divergence, convergence, traffic, timing and
+    provenance (read the same way for every task; ``protocols``: the personalized and global score)."""
+    s = files["summary"]
+    f, final, comm = _run_facts(s, files["metrics"], *protocols), run_summary.final(s), run_summary.communication(s)
+    return {
+        **entry,
+        "rounds": s["rounds"],
+        "reading": _reading(s["config"]["model"]),
+        **scores,
+        "diverged": f["diverged"],
+        "flattened": f["flattened"],
+        "last5_change_pers_pts": 100 * f["delta_pers"],
+        "last5_change_global_pts": 100 * f["delta_global"],
+        "mb_per_round": f["mb_per_round"],
+        "mb_up_per_client": f["mb_up_per_client"],
+        "mb_down_per_client": f["mb_down_per_client"],
+        "mb_round_total": final["mb_round_total"],
+        "payload_bytes": comm["payload_bytes"],
+        "shared_tensor_bytes": comm["shared_tensor_bytes"],
+        "rejected_payloads": run_summary.rejected_payloads(s),
+        **run_summary.timing(s),
+        **run_summary.provenance(s),
+        "dataset": s["dataset"],
+    }
 
 
 def _reading(model: dict) -> str:
@@ -92,16 +121,17 @@ def _reading(model: dict) -> str:
     return f"{model['fusion']}-{model.get('fusion_source', 'decoder')}-{model.get('fusion_head', 'linear')}"
 
 
-def _run_facts(s: dict, m: pd.DataFrame) -> dict:
+def _run_facts(s: dict, m: pd.DataFrame, pers: str = "pers_acc", glob: str = "global_acc") -> dict:
     """What the tables need beyond the summary, from the run's per-round metrics: divergence
     (flagged by the engine, or a final loss far above the first round's for runs made before the
-    engine flagged it), whether the curves flattened, and traffic averaged over every round."""
+    engine flagged it), whether the curves (``pers``, ``glob``) flattened, and traffic averaged over
+    every round."""
     losses = m["train_loss"].tolist()
     reference = LossReference.of(losses, run_summary.divergence_factor(s))  # the engine's rule, on the round means
     flagged = run_summary.diverged(s)
-    evaluated = m.dropna(subset=["pers_acc"])
-    ok_p, delta_p = flattened(evaluated["pers_acc"].tolist())
-    ok_g, delta_g = flattened(evaluated["global_acc"].tolist()) if "global_acc" in m else (True, math.nan)
+    evaluated = m.dropna(subset=[pers])
+    ok_p, delta_p = flattened(evaluated[pers].tolist())
+    ok_g, delta_g = flattened(evaluated[glob].tolist()) if glob in m else (True, math.nan)
     rounds, clients = len(m), len(s["clients"])
     senders = m["participants"].clip(lower=1)
     return {
@@ -118,12 +148,19 @@ def _run_facts(s: dict, m: pd.DataFrame) -> dict:
     }
 
 
-def curves(loaded: dict[str, dict]) -> pd.DataFrame:
+CURVES = ("round", "pers_acc", "val_acc", "global_acc", "train_loss", "mb_round_total", "time_round_s", *tables.DIAGNOSTICS)
+SEGMENTATION_CURVES = (
+    "round", "pers_miou", "pers_pixel_acc", "val_miou", "global_miou", "global_pixel_acc", "train_loss",
+    "mb_round_total", "time_round_s", *tables.SEGMENTATION_DIAGNOSTICS,
+)  # fmt: skip
+
+
+def curves(loaded: dict[str, dict], cols: tuple[str, ...] = CURVES) -> pd.DataFrame:
+    """Every evaluated round of every run: the columns ``cols`` of its metrics.csv."""
     frames = []
-    cols = ("round", "pers_acc", "val_acc", "global_acc", "train_loss", "mb_round_total", "time_round_s", *tables.DIAGNOSTICS)
     for run in sorted(loaded):
         m = loaded[run]["metrics"]
-        m = m[[c for c in cols if c in m]].dropna(subset=["pers_acc"])
+        m = m[[c for c in cols if c in m]].dropna(subset=[cols[1]])
         m.insert(0, "run", run)
         frames.append(m)
     return pd.concat(frames, ignore_index=True)
@@ -191,17 +228,62 @@ def write(df: pd.DataFrame, out: Path, name: str, markdown: str | None) -> None:
     log.info("wrote %s.csv (%d rows x %d columns)%s", name, len(df), len(df.columns), " and .md" if markdown else "")
 
 
-def aggregate(run_table: list[dict], runs_dir: Path, out: Path, costs_path: Path, study: dict) -> None:
+def aggregate(run_table: list[dict], runs_dir: Path, out: Path, costs_path: Path | None, study: dict) -> None:
+    """Every table of a study; ``costs_path`` (``fedunet info``'s costs.json) is needed for the
+    classification tables only."""
     from fedunet.io import atomic_write_json
 
     out.mkdir(parents=True, exist_ok=True)
-    costs = json.loads(Path(costs_path).read_text())
     loaded = load_runs(run_table, runs_dir)
-    runs = run_rows(run_table, loaded)
-    log.info("read %d runs (%d run x experiment rows) under %s; costs from %s", len(loaded), len(runs), runs_dir, costs_path)
+    log.info("read %d runs (%d run x experiment rows) under %s; costs from %s", len(loaded), len(run_table), runs_dir, costs_path)
+    segmentation = {run for run, files in loaded.items() if run_summary.task(files["summary"]) == "segmentation"}
+    seg_table = [e for e in run_table if e["run"] in segmentation]
+    cls_table = [e for e in run_table if e["run"] not in segmentation]
+    frames = []
+    if cls_table:
+        costs = json.loads(Path(costs_path).read_text())
+        cls_loaded = {run: files for run, files in loaded.items() if run not in segmentation}
+        frames.append(classification_tables(cls_table, cls_loaded, out, costs, study))
+    else:
+        costs = {}
+    if seg_table:
+        seg_loaded = {run: files for run, files in loaded.items() if run in segmentation}
+        frames.append(segmentation_tables(seg_table, seg_loaded, out, study))
+    runs = pd.concat(frames, ignore_index=True)
+    prov = provenance(runs, study, costs)
+    per_run = {
+        r["run"]: {k: r[k] for k in ("commit", "dirty", "device", "torch", "finished")}
+        for _, r in runs.drop_duplicates("run").iterrows()
+    }
+    atomic_write_json(out / "provenance.json", {**prov, "per_run": per_run})
+    log.info("wrote provenance.json (%d runs, commits %s)", prov["runs"], ", ".join(prov["commits"]))
+
+
+def _warn_diverged(runs: pd.DataFrame) -> None:
     diverged = sorted(runs.loc[runs["diverged"], "run"].unique())
     if diverged:
         log.warning("%d run(s) flagged as diverged (kept in the means): %s", len(diverged), ", ".join(diverged))
+
+
+def segmentation_tables(run_table: list[dict], loaded: dict[str, dict], out: Path, study: dict) -> pd.DataFrame:
+    """The segmentation runs' tables (their footers name these runs only); returns their rows."""
+    runs = segmentation_rows(run_table, loaded)
+    _warn_diverged(runs)
+    prov = provenance(runs, study, {})
+    write(runs, out, "segmentation_runs", None)
+    write(curves(loaded, SEGMENTATION_CURVES), out, "segmentation_curves", None)
+    cells = tables.segmentation_table(runs)
+    comparisons = tables.comparisons_table(runs, compared=SEGMENTATION_COMPARED)
+    write(cells, out, "segmentation", md.segmentation_markdown(cells, comparisons, prov))
+    write(comparisons, out, "segmentation_comparisons", None)
+    log.info("segmentation: %d runs; metrics %s", runs["run"].nunique(), ", ".join(SEGMENTATION_METRICS))
+    return runs
+
+
+def classification_tables(run_table: list[dict], loaded: dict[str, dict], out: Path, costs: dict, study: dict) -> pd.DataFrame:
+    """The classification runs' tables; returns their rows."""
+    runs = run_rows(run_table, loaded)
+    _warn_diverged(runs)
     prov = provenance(runs, study, costs)
     command = f"snakemake --cores all --configfile {study['config_files'][0]}"
 
@@ -231,12 +313,7 @@ def aggregate(run_table: list[dict], runs_dir: Path, out: Path, costs_path: Path
     write(comp, out, "compute", md.compute_markdown(comp, costs["d"], prov))
     pvo = tables.paper_vs_ours(runs, costs, command, study["defaults"])
     write(pvo, out, "paper_vs_ours", md.paper_vs_ours_markdown(pvo, prov))
-    per_run = {
-        r["run"]: {k: r[k] for k in ("commit", "dirty", "device", "torch", "finished")}
-        for _, r in runs.drop_duplicates("run").iterrows()
-    }
-    atomic_write_json(out / "provenance.json", {**prov, "per_run": per_run})
-    log.info("wrote provenance.json (%d runs, commits %s)", prov["runs"], ", ".join(prov["commits"]))
+    return runs
 
 
 def runs_dir_of(summaries: list[str], run_table: list[dict]) -> Path:
@@ -252,8 +329,8 @@ def main(sm) -> None:
     log.setLevel(logging.INFO)  # ours at INFO; pandas and others only warn
     try:
         summaries = list(sm.input.summaries)
-        out = Path(sm.input.costs).parent  # costs.json sits among the tables
-        aggregate(sm.params.runs, runs_dir_of(summaries, sm.params.runs), out, Path(sm.input.costs), sm.params.study)
+        costs = Path(sm.input.costs[0]) if len(sm.input.costs) else None  # none: segmentation runs only
+        aggregate(sm.params.runs, runs_dir_of(summaries, sm.params.runs), Path(sm.params.tables), costs, sm.params.study)
     except Exception:
         log.exception("aggregation failed")
         raise

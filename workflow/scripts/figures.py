@@ -8,7 +8,11 @@
 * ``readings_diagnostics``: per fusion reading and method, accuracy with both paths, with each path
   alone, and the U-Net/backbone norm ratio at the classifier input (an ignored U-Net path shows
   as a U-Net-alone bar at chance and a ratio near zero);
-* ``partition_<alpha>-s<seed>``: the class distribution of each partition as a heatmap.
+* ``partition_<alpha>-s<seed>``: the class distribution of each partition as a heatmap (segmentation
+  partitions: pixels of each class on each client's canvases);
+* with segmentation runs: ``curves_<experiment>`` of mIoU, and ``segmentation_examples``: a few global
+  test canvases (composites) with their ground-truth masks and the masks FedUNet's and the other
+  methods' client models predict, read from each run's ``examples.npz``.
 
 Run as a Snakemake script (each figure written is logged to the rule's log), or import
 :func:`make_figures` from tests.
@@ -26,10 +30,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from segmentation_figures import segmentation_examples_figure  # noqa: E402
 
-from fedunet.study import SUMMARY_FIGURES  # noqa: E402
+from fedunet.study import SEGMENTATION_FIGURE, SUMMARY_FIGURES  # noqa: E402
 
 PROTOCOLS = (("pers_acc", "personalized (own held-out split)"), ("global_acc", "global (full test set)"))
+SEGMENTATION_PROTOCOLS = (("pers_miou", "personalized (own held-out canvases)"), ("global_miou", "global (global test canvases)"))
 AXES = ("archset", "method", "d", "fusion", "alpha")
 plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "font.size": 10, "axes.grid": True, "grid.alpha": 0.3})
 log = logging.getLogger("figures")
@@ -55,7 +61,16 @@ def varying_axes(df: pd.DataFrame) -> list[str]:
     return [a for a in AXES if df[a].nunique() > 1]
 
 
-def curves_figure(runs: pd.DataFrame, curves: pd.DataFrame, experiment: str, figures: Path, footer: str) -> None:
+def curves_figure(
+    runs: pd.DataFrame,
+    curves: pd.DataFrame,
+    experiment: str,
+    figures: Path,
+    footer: str,
+    protocols: tuple = PROTOCOLS,
+    metric: str = "accuracy",
+) -> None:
+    """``metric`` (``protocols``' columns) against the round, mean and ±1 std over seeds."""
     exp = runs[runs["experiment"] == experiment]
     varying = varying_axes(exp) or ["method"]
     # many configurations: one row of panels per architecture set, so lines stay readable
@@ -65,9 +80,10 @@ def curves_figure(runs: pd.DataFrame, curves: pd.DataFrame, experiment: str, fig
     if panels != [None]:
         varying = [a for a in varying if a != "archset"]
     # a study without the global protocol (eval.global: false) has one panel per row
-    protocols = [(col, title) for col, title in PROTOCOLS if col in curves and curves[col].notna().any()]
+    protocols = [(col, title) for col, title in protocols if col in curves and curves[col].notna().any()]
     width = 5.5 * len(protocols)
-    fig, grid = plt.subplots(len(panels), len(protocols), figsize=(width, 4 * len(panels)), squeeze=False, constrained_layout=True)
+    shape = (len(panels), len(protocols))
+    fig, grid = plt.subplots(*shape, figsize=(width, 4 * len(panels)), squeeze=False, constrained_layout=True)
     colors = {}
     for row, archset in zip(grid, panels):
         part = exp if archset is None else exp[exp["archset"] == archset]
@@ -85,10 +101,10 @@ def curves_figure(runs: pd.DataFrame, curves: pd.DataFrame, experiment: str, fig
             ax.set_title(title if archset is None else f"{title}, clients: {archset}")
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             ax.set_xlabel("round")
-            ax.set_ylabel("accuracy (%)")
+            ax.set_ylabel(f"{metric} (%)")
         row[-1].legend(fontsize=7, loc="lower right", ncol=2 if len(colors) > 6 else 1)
     seeds = exp["seed"].nunique()
-    fig.suptitle(f"Experiment '{experiment}': accuracy vs round (mean ± std over {seeds} seeds)")
+    fig.suptitle(f"Experiment '{experiment}': {metric} vs round (mean ± std over {seeds} seeds)")
     save(fig, figures, f"curves_{experiment}", footer)
 
 
@@ -197,7 +213,8 @@ def partition_figure(counts_csv: Path, figures: Path, footer: str) -> None:
     ax.set_xlabel("class")
     ax.set_ylabel("client")
     ax.grid(False)
-    fig.colorbar(im, ax=ax, label="samples (train + held-out)")
+    pixels = str(counts.columns[0]).startswith("pixels_")  # a segmentation partition: pixels per class
+    fig.colorbar(im, ax=ax, label="pixels (train + held-out canvases)" if pixels else "samples (train + held-out)")
     m = re.match(r"(?P<alpha>iid|a[0-9.e+-]+)-s(?P<seed>\d+)", name)
     alpha = "IID" if m["alpha"] == "iid" else f"Dirichlet α={m['alpha'][1:]}"
     ax.set_title(f"Class distribution: {alpha}, seed {m['seed']}")
@@ -245,8 +262,24 @@ def readings_figure(runs: pd.DataFrame, figures: Path, footer: str) -> None:
     save(fig, figures, "readings_diagnostics", footer)
 
 
-def make_figures(tables: Path, figures: Path, counts: list[Path], footer: str) -> None:
+def make_figures(tables: Path, figures: Path, counts: list[Path], footer: str, classification=True, segmentation=False) -> None:
+    """Every figure of a study from its tables (``classification``/``segmentation``: whether it has
+    runs of that task); the segmentation examples come from the runs' directories beside ``tables``."""
     figures.mkdir(parents=True, exist_ok=True)
+    if classification:
+        classification_figures(tables, figures, footer)
+    if segmentation:
+        runs = pd.read_csv(tables / "segmentation_runs.csv")
+        curves = pd.read_csv(tables / "segmentation_curves.csv")
+        log.info("read %d segmentation runs from %s", runs["run"].nunique(), tables)
+        for experiment in sorted(set(runs["experiment"])):
+            curves_figure(runs, curves, experiment, figures, footer, SEGMENTATION_PROTOCOLS, "mIoU")
+        save(segmentation_examples_figure(runs, tables.parent / "runs"), figures, SEGMENTATION_FIGURE, footer)
+    for path in counts:
+        partition_figure(Path(path), figures, footer)
+
+
+def classification_figures(tables: Path, figures: Path, footer: str) -> None:
     runs = pd.read_csv(tables / "runs.csv")
     curves = pd.read_csv(tables / "curves.csv")
     per_arch = pd.read_csv(tables / "per_architecture.csv")
@@ -265,16 +298,15 @@ def make_figures(tables: Path, figures: Path, counts: list[Path], footer: str) -
     for experiment, make in makers.items():
         if experiment in experiments:
             make()
-    for path in counts:
-        partition_figure(Path(path), figures, footer)
 
 
 def main(sm) -> None:
     logging.basicConfig(filename=sm.log[0], filemode="w", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)  # ours at INFO; matplotlib and others only warn
     try:
-        tables, figures = Path(sm.input.runs).parent, Path(sm.output[0]).parent
-        make_figures(tables, figures, [Path(p) for p in sm.input.counts], sm.params.footer)
+        tables, figures = Path(sm.params.tables), Path(sm.output[0]).parent
+        counts = [Path(p) for p in sm.input.counts]
+        make_figures(tables, figures, counts, sm.params.footer, bool(len(sm.input.runs)), bool(len(sm.input.segmentation)))
     except Exception:
         log.exception("figures failed")
         raise

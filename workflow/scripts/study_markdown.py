@@ -4,7 +4,7 @@ footer (which runs, commits, devices and seeds produced it)."""
 import math
 
 import pandas as pd
-from study_tables import GROUP, METRICS
+from study_tables import GROUP, METRICS, SEGMENTATION_METRICS
 
 
 def markdown(df: pd.DataFrame, title: str, note: str, prov: dict, percent: tuple[str, ...] = ()) -> str:
@@ -113,13 +113,76 @@ def accuracy_markdown(t: pd.DataFrame, prov: dict) -> str:
 
 
 def comparisons_markdown(t: pd.DataFrame, prov: dict) -> str:
+    title = "FedUNet against each method (paired over seeds)"
+    return markdown(_differences(t, CLASSIFICATION_DIFFERENCES), title, COMPARISONS_NOTE, prov)
+
+
+CLASSIFICATION_DIFFERENCES = (("final_pers_acc", "personalized"), ("final_global_acc", "global"))
+SEGMENTATION_DIFFERENCES = (
+    ("final_pers_miou", "personalized mIoU"),
+    ("final_global_miou", "global mIoU"),
+    ("final_pers_pixel_acc", "personalized pixel accuracy"),
+    ("final_global_pixel_acc", "global pixel accuracy"),
+)
+
+
+def _differences(t: pd.DataFrame, columns: tuple) -> pd.DataFrame:
+    """A comparisons table shown: one "FedUNet - X (pts, 95% CI)" column per ``(column, label)``."""
     show = t[["experiment", "archset", "alpha", "d", "fusion", "versus", "pairs", "diverged"]].copy()
-    for col, label in (("final_pers_acc", "personalized"), ("final_global_acc", "global")):
+    for col, label in columns:
         show[f"FedUNet - X, {label} (pts, 95% CI)"] = [
             "-" if math.isnan(m) else f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]{' *' if holds else ''}"
             for m, lo, hi, holds in zip(t[f"{col}_diff_pts"], t[f"{col}_ci_low"], t[f"{col}_ci_high"], t[f"{col}_holds"])
         ]
-    return markdown(show, "FedUNet against each method (paired over seeds)", COMPARISONS_NOTE, prov)
+    return show
+
+
+# what the note says of each dataset a segmentation table can hold
+SEGMENTATION_DATASET_NOTES = {
+    "fmnist-composite": (
+        "Dataset `fmnist-composite`: canvases composited from real Fashion-MNIST garments by "
+        "fedunet.segmentation.composites (per-pixel class masks from each garment's own pixels, a background class), "
+        "not a published segmentation benchmark and not Fashion-MNIST classification; its global test canvases are "
+        "composites of the official test split."
+    ),
+    "synthetic-composite": "Dataset `synthetic-composite`: composites of synthetic images (a pipeline check, not a result).",
+}
+SEGMENTATION_NOTE = (
+    "mIoU and pixel accuracy (%) as "
+    "mean ± std over seeds (sample std). Personalized: each client on its own held-out canvases, read from the "
+    "confusion matrix summed over clients (pixel-weighted). Global: each client model on the global test canvases, "
+    "mIoU per client averaged over clients. A class absent from both the "
+    "prediction and the ground truth of a matrix is left out of its mean. The best round is chosen on validation "
+    "canvases carved from each client's training data (val mIoU), never on a test set. Each path alone: "
+    "personalized mIoU with the other path zeroed at the classifier input. MB: real serialized payloads per client "
+    "per round (up)."
+)
+SEGMENTATION_DIFFERENCES_NOTE = (
+    "Paired differences of the final round, FedUNet minus the method in `versus`, over the seeds both ran (same "
+    "canvases and seed), in points with a 95% Student-t interval; `*` marks an interval that excludes zero."
+)
+
+
+def segmentation_markdown(t: pd.DataFrame, comparisons: pd.DataFrame, prov: dict) -> str:
+    """The segmentation cells, then FedUNet against each method of their experiment."""
+    show = t[["dataset", *GROUP, "seeds", "rounds", "diverged"]].copy()
+    labels = {col: label + " (%)" for col, label in SEGMENTATION_METRICS.items()}
+    paths = {
+        "pers_miou_backbone_only": "backbone path alone, pers. mIoU (%)",
+        "pers_miou_unet_only": "U-Net path alone, pers. mIoU (%)",
+    }
+    labels.update({col: label for col, label in paths.items() if f"{col}_mean" in t})
+    show = _with_mean_std_columns(show, t, labels)
+    show["MB up / client / round"] = [f"{v:.4g}" for v in t["mb_up_per_client"]]
+    datasets = sorted(set(prov["datasets"]))
+    title = "Semantic segmentation (" + "; ".join(f"{d}: composites" if d.endswith("-composite") else d for d in datasets) + ")"
+    note = " ".join(SEGMENTATION_DATASET_NOTES.get(d, f"Dataset `{d}`.") for d in datasets) + " " + SEGMENTATION_NOTE
+    text = markdown(show, title, note, prov)
+    if len(comparisons):
+        diffs = markdown(_differences(comparisons, SEGMENTATION_DIFFERENCES), "FedUNet against each method (paired over seeds)",
+                         SEGMENTATION_DIFFERENCES_NOTE, prov)  # fmt: skip
+        text += "\n" + diffs.replace("# FedUNet", "## FedUNet", 1)
+    return text
 
 
 def rounds_markdown(t: pd.DataFrame, prov: dict) -> str:

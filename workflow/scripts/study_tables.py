@@ -11,7 +11,10 @@ DataFrames out.  Nothing here reads or writes a file; ``aggregate.py`` does the 
 * ``diagnostics_table``: the readings experiment, each path of the model alone;
 * ``methods_table``: every method of the heterogeneous experiment with its traffic;
 * ``paper_vs_ours``: each claim of the paper (``PAPER_CLAIMS``, data) next to our value, one
-  small function per kind of claim.
+  small function per kind of claim;
+* ``segmentation_table``: the segmentation runs' cells (mIoU and pixel accuracy, both protocols), as
+  ``accuracy_table`` with ``SEGMENTATION_METRICS``; their comparisons are ``comparisons_table`` with
+  ``SEGMENTATION_COMPARED``.
 """
 
 import math
@@ -30,13 +33,30 @@ METRICS = {
 # Diagnostics of the U-Net path (models with a U-Net), final round.
 DIAGNOSTICS = ("pers_acc_backbone_only", "pers_acc_unet_only", "norm_backbone", "norm_unet")
 GROUP = ["experiment", "archset", "method", "d", "fusion", "alpha"]
+# Segmentation runs: mean IoU and pixel accuracy (fedunet/segmentation/evaluation.py).
+SEGMENTATION_METRICS = {
+    "final_pers_miou": "personalized mIoU, final",
+    "final_pers_pixel_acc": "personalized pixel accuracy, final",
+    "final_global_miou": "global mIoU, final",
+    "final_global_pixel_acc": "global pixel accuracy, final",
+    "best_pers_miou": "personalized mIoU, at the validation-best round",
+    "best_global_miou": "global mIoU, at the validation-best round",
+}
+SEGMENTATION_COMPARED = ("final_pers_miou", "final_global_miou", "final_pers_pixel_acc", "final_global_pixel_acc")
+SEGMENTATION_DIAGNOSTICS = ("pers_miou_backbone_only", "pers_miou_unet_only", "norm_backbone", "norm_unet")
+# what a segmentation table calls its dataset: composites are not a published segmentation benchmark
+DATASET_LABELS = {
+    "fmnist-composite": "fmnist-composite (composites of Fashion-MNIST garments)",
+    "synthetic-composite": "synthetic-composite (composites of synthetic images)",
+}
 
 
-def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std and 95% t-interval half-width over seeds, every run included (diverged ones too:
-    they are counted in ``diverged``, never dropped), with how many runs' curves flattened."""
+def accuracy_table(runs: pd.DataFrame, metrics: dict = METRICS) -> pd.DataFrame:
+    """Mean, std and 95% t-interval half-width over seeds of each of ``metrics``, every run included
+    (diverged ones too: they are counted in ``diverged``, never dropped), with how many runs' curves
+    flattened."""
     agg = {}
-    for col in METRICS:
+    for col in metrics:
         agg[f"{col}_mean"] = (col, "mean")
         agg[f"{col}_std"] = (col, "std")
         agg[f"{col}_ci95"] = (col, lambda v: mean_interval(v.dropna().tolist()).half_width)
@@ -58,9 +78,22 @@ def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
 COMPARED = ("final_pers_acc", "final_global_acc")
 
 
-def comparisons_table(runs: pd.DataFrame, reference: str = "fedunet") -> pd.DataFrame:
+def segmentation_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The segmentation cells: ``accuracy_table`` of mIoU and pixel accuracy, with the dataset
+    labelled (composites as composites), the diagnostics of each path, and the traffic per round."""
+    t = accuracy_table(runs, SEGMENTATION_METRICS)
+    extra = runs.groupby(GROUP, sort=True).agg(
+        dataset=("dataset", lambda v: ", ".join(DATASET_LABELS.get(d, d) for d in sorted(set(v)))),
+        **{f"{col}_{stat}": (col, stat) for col in SEGMENTATION_DIAGNOSTICS if col in runs for stat in ("mean", "std")},
+        mb_up_per_client=("mb_up_per_client", "mean"),
+        mb_per_round=("mb_per_round", "mean"),
+    )
+    return t.join(extra, on=GROUP)
+
+
+def comparisons_table(runs: pd.DataFrame, reference: str = "fedunet", compared: tuple[str, ...] = COMPARED) -> pd.DataFrame:
     """For every FedUNet cell and every other method of its experiment: the paired difference
-    (FedUNet - X, in points) over the seeds both ran, with its 95% t-interval."""
+    (FedUNet - X, in points) of each of ``compared`` over the seeds both ran, with its 95% t-interval."""
     rows = []
     keys = ["experiment", "archset", "alpha"]
     for (exp, archset, alpha), cell in runs.groupby(keys, sort=True):
@@ -73,7 +106,7 @@ def comparisons_table(runs: pd.DataFrame, reference: str = "fedunet") -> pd.Data
                 if theirs["d"].nunique() > 1 or theirs["fusion"].nunique() > 1:
                     continue  # no single configuration of the other method to compare with
                 row = {"experiment": exp, "archset": archset, "alpha": alpha, "d": d, "fusion": fusion, "versus": other}
-                for col in COMPARED:
+                for col in compared:
                     diff = paired_difference(dict(zip(mine["seed"], mine[col])), dict(zip(theirs["seed"], theirs[col])))
                     row.update(
                         {
