@@ -217,6 +217,21 @@ def test_training_loop_never_syncs_the_host_per_step(tmp_path, method):
     assert syncs.total <= 1, f"{syncs.calls} in {stats.steps} steps"
 
 
+def test_segmentation_training_loop_never_syncs_the_host_per_step(tmp_path):
+    """Masks cropped and flipped with their canvases, per-pixel loss over the counted pixels: at most
+    one host sync in an epoch of several steps, as in classification."""
+    from helpers import seg_tiny_raw
+
+    sim = Simulation(config.validate(seg_tiny_raw(training={"batch_size": 8})), tmp_path)
+    sim.build()
+    sim.run_round(1)
+    client = sim.clients[0]
+    with HostSyncCounter() as syncs:
+        stats = client.train(1, sim.method.loss)
+    assert stats.steps >= 3
+    assert syncs.total <= 1, f"{syncs.calls} in {stats.steps} steps"
+
+
 def test_the_sync_counter_sees_a_per_step_sync(tmp_path):
     cfg = cfg_of(training={"batch_size": 8})
     sim = Simulation(cfg, tmp_path)

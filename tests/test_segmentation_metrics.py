@@ -61,3 +61,25 @@ def test_confusion_matrix_stays_on_the_device():
     meter = ConfusionMatrix(3, device="cuda")
     meter.update(torch.zeros(2, 3, 4, 4, device="cuda"), torch.zeros(2, 4, 4, dtype=torch.long, device="cuda"))
     assert meter.matrix.device.type == "cuda" and int(meter.matrix[0, 0]) == 32
+
+
+def test_confusion_matrix_reads_nothing_on_the_host():
+    """No op that makes the host wait for the device on CUDA: no tensor read as a number, no
+    data-dependent output size, and no bincount (CUDA reads its input's min and max on the host)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        seen: set = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    target = torch.randint(0, 4, (3, 5, 5))
+    target[0, 0] = IGNORE_INDEX
+    with Ops() as ops:
+        meter = ConfusionMatrix(4)
+        meter.update(torch.randn(3, 4, 5, 5), target)
+    syncing = {"bincount", "_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim", "index_put_", "index_put"}
+    assert not ops.seen & syncing, ops.seen & syncing
+    assert int(meter.matrix.sum()) == 3 * 25 - 5

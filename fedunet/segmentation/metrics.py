@@ -12,14 +12,18 @@ from fedunet.segmentation.dataset import IGNORE_INDEX
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """``(num_classes, num_classes)`` int64 counts, rows = ground truth, columns = prediction.
 
-    Computed on the tensors' device with one ``bincount`` (no host sync): pixels whose target is
-    ``ignore_index`` (or outside ``0..num_classes-1``) go to an extra bin that is dropped.
+    Computed on the tensors' device without a host sync, as the product of the one-hot ground truth
+    and the one-hot prediction (float64: exact counts; deterministic): ``torch.bincount`` would read
+    the input's min and max on the host on CUDA, and an accumulating ``index_put_`` checks its
+    indices there.  Pixels whose target is ``ignore_index`` (or outside ``0..num_classes-1``) go to
+    an extra ground-truth class that is dropped.
     """
     pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
     valid = (target >= 0) & (target < num_classes) & (target != ignore_index)
-    flat = torch.where(valid, target * num_classes + pred, torch.full_like(target, num_classes * num_classes))
-    counts = torch.bincount(flat, minlength=num_classes * num_classes + 1)
-    return counts[: num_classes * num_classes].view(num_classes, num_classes)
+    classes = torch.arange(num_classes, device=target.device)
+    truth = (target[:, None] == classes) & valid[:, None]  # (pixels, classes), as comparisons: no range check
+    predicted = pred[:, None] == classes
+    return (truth.t().double() @ predicted.double()).round().long()
 
 
 class ConfusionMatrix:
