@@ -53,7 +53,7 @@ SUMMARY = {
     "diverged": {"any": False, "client_rounds": 0, "first_round": None},
     "communication": {"payload_bytes_up_per_client": 100, "shared_tensor_bytes": 64, "initial_sync_bytes": 400},
     "events": [{"event": "payload_rejected"}, {"event": "payload_rejected"}, {"event": "compile_fallback"}],
-    "timing": {"wall_s": 9.0, "mean_round_s": 3.0},
+    "timing": {"wall_s": 9.0, "mean_round_s": 3.0, "train_samples_per_s": 120.0},
     "config": {"federated": {"divergence_factor": 5}},
     "provenance": {
         "git": {"commit": "0123456789abcdef", "dirty": False},
@@ -73,7 +73,7 @@ def test_readers():
     assert run_summary.communication(s) == {"payload_bytes": 100, "shared_tensor_bytes": 64, "initial_sync_bytes": 400}
     assert run_summary.diverged(s) is False and run_summary.divergence_factor(s) == 5
     assert run_summary.rejected_payloads(s) == 2
-    assert run_summary.timing(s) == {"wall_s": 9.0, "mean_round_s": 3.0}
+    assert run_summary.timing(s) == {"wall_s": 9.0, "mean_round_s": 3.0, "train_samples_per_s": 120.0}
     assert run_summary.provenance(s) == {
         "commit": "0123456789ab",
         "dirty": False,
@@ -91,12 +91,14 @@ def test_readers_accept_summaries_of_earlier_versions():
     del old["diverged"]  # only events then
     old["events"].append({"event": "diverged"})
     del old["communication"]["initial_sync_bytes"]
+    del old["timing"]["train_samples_per_s"]
     del old["config"]["federated"]["divergence_factor"]
     del old["provenance"]["device"]["cpu_capability"]
     old["provenance"]["git"]["commit"] = None
     assert run_summary.best(old) == {"round": None, "val_acc": None, "pers_acc": None, "global_acc": None}
     assert run_summary.diverged(old) is True and run_summary.divergence_factor(old) == 10
     assert run_summary.communication(old)["initial_sync_bytes"] == 0
+    assert run_summary.timing(old)["train_samples_per_s"] is None
     prov = run_summary.provenance(old)
     assert prov["cpu_capability"] == "" and prov["commit"] == ""
 
