@@ -207,14 +207,20 @@ def test_training_loop_never_syncs_the_host_per_step(tmp_path, method):
     one host sync, the loss read once at the end of the round."""
     model = {"architectures": ["vgg11"]} if method == "fedavg" else {}
     cfg = cfg_of(method=method, training={"batch_size": 8}, model={**tiny_raw()["model"], **model})
+    stats, syncs = _syncs_in_a_local_epoch_after_round_one(cfg, tmp_path)
+    assert stats.steps >= 3
+    assert syncs.total <= 1, f"{syncs.calls} in {stats.steps} steps"
+
+
+def _syncs_in_a_local_epoch_after_round_one(cfg, tmp_path):
+    """Client 0's training stats and the host syncs counted during one local epoch, after round 1."""
     sim = Simulation(cfg, tmp_path)
     sim.build()
     sim.run_round(1)
     client = sim.clients[0]
     with HostSyncCounter() as syncs:
         stats = client.train(1, sim.method.loss)
-    assert stats.steps >= 3
-    assert syncs.total <= 1, f"{syncs.calls} in {stats.steps} steps"
+    return stats, syncs
 
 
 def test_segmentation_training_loop_never_syncs_the_host_per_step(tmp_path):
@@ -222,12 +228,8 @@ def test_segmentation_training_loop_never_syncs_the_host_per_step(tmp_path):
     one host sync in an epoch of several steps, as in classification."""
     from helpers import seg_tiny_raw
 
-    sim = Simulation(config.validate(seg_tiny_raw(training={"batch_size": 8})), tmp_path)
-    sim.build()
-    sim.run_round(1)
-    client = sim.clients[0]
-    with HostSyncCounter() as syncs:
-        stats = client.train(1, sim.method.loss)
+    cfg = config.validate(seg_tiny_raw(training={"batch_size": 8}))
+    stats, syncs = _syncs_in_a_local_epoch_after_round_one(cfg, tmp_path)
     assert stats.steps >= 3
     assert syncs.total <= 1, f"{syncs.calls} in {stats.steps} steps"
 
