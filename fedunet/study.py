@@ -187,7 +187,27 @@ class Study:
                                         exps.append(exp_name)
         if problems:
             raise StudyError(problems)
+        self._planned = len(self.runs)
         self._check_runs()
+
+    def finished_only(self, finished) -> Study:
+        """This study restricted to the runs for which ``finished(key)`` holds, and to the experiments
+        that have any of them: the tables of a long study made so far. ``planned`` keeps the count
+        of every run the config asks for."""
+        kept = {k: exps for k, exps in self.runs.items() if finished(k)}
+        if not kept:
+            raise StudyError([f"finished_only: no run of study {self.name} has finished yet (no summary.json under {self.out}/runs)"])
+        out = copy.copy(self)
+        out.runs = kept
+        out.bases = {k: self.bases[k] for k in kept}
+        experiments = {e for exps in kept.values() for e in exps}
+        out.cfg = {**self.cfg, "experiments": {e: v for e, v in self.cfg["experiments"].items() if e in experiments}}
+        return out
+
+    @property
+    def planned(self) -> int:
+        """How many runs the config asks for (restricted or not)."""
+        return self._planned
 
     def _canonical_fusion(self, label: str) -> str:
         """A full reading that equals the base config's is named by its mode alone, so that the

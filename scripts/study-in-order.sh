@@ -4,9 +4,10 @@
 #   setsid nohup bash scripts/study-in-order.sh config/fmnist.yaml readings homogeneous ... &
 # Each experiment's training runs are snakemake targets (finished runs are never retrained; an
 # interrupted run resumes from its checkpoint). With no experiment named, every experiment of the
-# config runs in its own order. Tables and figures are made at the end (or with
-# `snakemake --cores all --configfile CONFIG` at any time, from the runs finished so far: see
-# --allow-missing below). Log: results/<study>/logs/in-order.log.
+# config runs in its own order. Tables and figures are made at the end; at any time before, those of
+# the runs finished so far come from
+#   snakemake --cores all --configfile CONFIG --config finished_only=True
+# Log: results/<study>/logs/in-order.log.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 config="$1"; shift

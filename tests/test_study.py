@@ -67,6 +67,19 @@ def test_figure_names_follow_the_experiments():
     assert [n.rsplit("-", 1)[0] for n in names[3:]] == ["partition_a0.5-s0", "partition_a0.5-s1"]
 
 
+def test_finished_only_keeps_the_finished_runs_and_their_experiments():
+    s = Study(study_cfg(bottleneck={"d": [16, 32]}, homogeneous={"architectures": ["cnn"]}))
+    done = {RunKey("hetero", "fedunet", 16, "add", "a0.5", 0), RunKey("hetero", "fedunet", 32, "add", "a0.5", 1)}
+    so_far = s.finished_only(lambda k: k in done)
+    assert set(so_far.runs) == done and so_far.planned == s.planned == len(s.runs) == 6
+    assert list(so_far.cfg["experiments"]) == ["bottleneck"]  # homogeneous has no finished run
+    assert so_far.figure_names()[:2] == ["curves_bottleneck", "bottleneck_tradeoff"]
+    assert [r["run"] for r in so_far.run_table()] == sorted(k.path for k in done)
+    assert len(s.runs) == 6 and "homogeneous" in s.cfg["experiments"]  # the full study is untouched
+    with pytest.raises(StudyError, match="finished_only: no run"):
+        s.finished_only(lambda k: False)
+
+
 def test_partition_files_are_named_by_their_settings():
     s = Study(study_cfg(noniid={"alpha": [0.1]}))
     key = RunKey("hetero", "fedunet", 32, "add", "a0.1", 0)

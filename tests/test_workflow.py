@@ -48,6 +48,16 @@ def job_counts(output: str) -> dict[str, int]:
 SCRIPTS = REPO / "workflow" / "scripts"
 
 
+def test_footer_says_when_a_table_holds_only_the_runs_finished_so_far(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    from study_markdown import _footer
+
+    prov = {"generated": "now", "runs": 30, "study": "s", "config_files": ["c.yaml"], "datasets": ["d"], "seeds": [0],
+            "commits": ["abc"], "dirty_runs": 0, "devices": ["cpu"], "torch": ["2"]}
+    assert "so far" not in _footer(prov) and "so far" not in _footer({**prov, "planned_runs": 30})
+    assert "from 30 runs (the runs finished so far, of 165 planned)" in _footer({**prov, "planned_runs": 165})
+
+
 def test_paper_vs_ours_puts_our_value_beside_each_claim(monkeypatch):
     """Accuracy claims read only FedUNet on VGG11/13/16/19 at the default fusion and alpha, each run
     once; byte claims and the saving come from the costs of the U-Net we build."""

@@ -14,6 +14,11 @@ except StudyError as e:
     raise WorkflowError(str(e)) from None
 
 OUT = STUDY.out
+if config.get("finished_only"):  # tables and figures of the runs finished so far; trains nothing
+    try:
+        STUDY = STUDY.finished_only(lambda k: os.path.exists(f"{OUT}/runs/{k.path}/summary.json"))
+    except StudyError as e:
+        raise WorkflowError(str(e)) from None
 RUN = "{archset}/{method}/d{d}-{fusion}-{alpha}/seed{seed}"
 ENV = "../envs/fedunet.yaml"  # the conda environment of every rule, relative to workflow/rules/
 
@@ -54,6 +59,8 @@ SEGMENTATION_SUMMARIES = [f"{OUT}/runs/{k.path}/summary.json" for k in SEGMENTAT
 STUDY_ARCHS = sorted({a for s in {k.archset for k in CLASSIFICATION} for a in config["architecture_sets"][s]})
 STUDY_D = sorted({k.d for k in CLASSIFICATION} | {128, 1024})
 COSTS = [f"{OUT}/tables/costs.json"] if CLASSIFICATION else []
+# what a footer adds when the tables hold only the runs finished so far
+SO_FAR = f" (the {len(STUDY.runs)} runs finished so far of {STUDY.planned} planned)" if len(STUDY.runs) < STUDY.planned else ""
 CONFIG_FILES = [os.path.relpath(p) for p in workflow.overwrite_configfiles] or ["config/config.yaml"]
 
 # ------------------------------------------------------------------ resources

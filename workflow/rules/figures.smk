@@ -18,7 +18,7 @@ rule figures:
     output:
         [figure_output(f) for f in FIGURES],
     params:
-        footer=f"fedunet-bench, study '{STUDY.name}': our results, not the paper's",
+        footer=f"fedunet-bench, study '{STUDY.name}': our results, not the paper's" + SO_FAR,
         tables=tables_dir,
     log:
         f"{OUT}/logs/figures.log",

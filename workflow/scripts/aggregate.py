@@ -205,6 +205,8 @@ def provenance(runs: pd.DataFrame, study: dict, costs: dict) -> dict:
         "study": study["name"],
         "config_files": study["config_files"],
         "runs": len(runs["run"].unique()),
+        # all the study's runs (more than "runs" when the tables hold the runs finished so far)
+        "planned_runs": study.get("planned_runs", len(runs["run"].unique())),
         "commits": sorted(set(runs["commit"])),
         "dirty_runs": int(runs.drop_duplicates("run")["dirty"].fillna(False).astype(bool).sum()),
         "devices": sorted(set(runs["device"])),

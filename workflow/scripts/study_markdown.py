@@ -28,8 +28,10 @@ def _cell(v, percent: bool) -> str:
 
 def _footer(prov: dict) -> str:
     dirty = f", {prov['dirty_runs']} run(s) from a modified checkout" if prov["dirty_runs"] else ""
+    planned = prov.get("planned_runs", prov["runs"])
+    so_far = f" (the runs finished so far, of {planned} planned)" if planned > prov["runs"] else ""
     return (
-        f"*Ours, produced by the pipeline (workflow/scripts/aggregate.py) on {prov['generated']} from {prov['runs']} runs "
+        f"*Ours, produced by the pipeline (workflow/scripts/aggregate.py) on {prov['generated']} from {prov['runs']} runs{so_far} "
         f"of study `{prov['study']}` ({', '.join(prov['config_files'])}); datasets: {', '.join(prov['datasets'])}; "
         f"seeds {prov['seeds']}; commits {', '.join(prov['commits'])}{dirty}; devices: {'; '.join(prov['devices'])}; "
         f"torch {', '.join(prov['torch'])}. Per-run provenance: provenance.json.*"
