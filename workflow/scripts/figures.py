@@ -57,6 +57,13 @@ def label(row: pd.Series, varying: list[str]) -> str:
     return ", ".join(parts) or str(row["method"])
 
 
+def seeds_phrase(exp: pd.DataFrame, by: list[str]) -> str:
+    """'3 seeds', or '1-3 seeds per cell' when cells have different counts (a study made so far)."""
+    counts = exp.drop_duplicates("run").groupby(by)["seed"].nunique()
+    lo, hi = int(counts.min()), int(counts.max())
+    return f"{hi} seed{'s' * (hi > 1)}" if lo == hi else f"{lo}-{hi} seeds per cell"
+
+
 def varying_axes(df: pd.DataFrame) -> list[str]:
     return [a for a in AXES if df[a].nunique() > 1]
 
@@ -103,8 +110,8 @@ def curves_figure(
             ax.set_xlabel("round")
             ax.set_ylabel(f"{metric} (%)")
         row[-1].legend(fontsize=7, loc="lower right", ncol=2 if len(colors) > 6 else 1)
-    seeds = exp["seed"].nunique()
-    fig.suptitle(f"Experiment '{experiment}': {metric} vs round (mean ± std over {seeds} seeds)")
+    seeds = seeds_phrase(exp, list(AXES))
+    fig.suptitle(f"Experiment '{experiment}': {metric} vs round (mean ± std over {seeds})")
     save(fig, figures, f"curves_{experiment}", footer)
 
 
@@ -245,20 +252,21 @@ def readings_figure(runs: pd.DataFrame, figures: Path, footer: str) -> None:
             color=f"C{methods.index(method)}",
             alpha=(1.0, 0.65, 0.35)[i % 3],
         )
-    ax.set_xticks(x, readings, fontsize=8)
+    names = [r.replace("-", "\n", 1) for r in readings]  # "add\nbottleneck-linear": short, unrotated
+    ax.set_xticks(x, names, fontsize=8)
     ax.set_ylabel("final personalized accuracy (%)")
     ax.set_title("Each path alone (the other zeroed at the classifier input)")
-    ax.legend(fontsize=7, ncol=len(methods))
+    ax.legend(fontsize=7, ncol=len(methods), loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below: bars stay visible
     for j, method in enumerate(methods):
         part = exp[exp["method"] == method].assign(ratio=lambda t: t["norm_unet"] / t["norm_backbone"])
         part = part.groupby("reading")["ratio"].agg(["mean", "std"]).reindex(readings)
         ax_norm.bar(x + (j - (len(methods) - 1) / 2) * 0.8 / len(methods), part["mean"], 0.8 / len(methods),
                     yerr=part["std"].fillna(0), capsize=2, label=method, color=f"C{j}")  # fmt: skip
-    ax_norm.set_xticks(x, readings, fontsize=7, rotation=30, ha="right")
+    ax_norm.set_xticks(x, [r.replace("-", "\n") for r in readings], fontsize=7)
     ax_norm.set_ylabel("‖U-Net contribution‖ / ‖backbone features‖")
     ax_norm.set_title("Norms at the classifier input")
     ax_norm.legend(fontsize=7)
-    fig.suptitle(f"Fusion readings: is the U-Net path used? (mean ± std over {exp['seed'].nunique()} seeds)")
+    fig.suptitle(f"Fusion readings: is the U-Net path used? (mean ± std over {seeds_phrase(exp, ['method', 'reading'])})")
     save(fig, figures, "readings_diagnostics", footer)
 
 
