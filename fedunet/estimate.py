@@ -9,8 +9,9 @@ evaluation pass reads, exactly as the engine does them:
   FedKD's mentee) on the same batches, plus the prototype methods' pass over the training
   samples after local training (eval mode);
 * evaluation, every evaluated round (``eval.every``, and the last): the personalized split,
-  the validation split (``eval.validation_fraction``), twice the personalized split again for
-  the diagnostics of a model with a U-Net (``eval.diagnostics``: each path alone), and the
+  the validation split (``eval.validation_fraction``), the personalized split three times again
+  for the diagnostics of a model with a U-Net (``eval.diagnostics``: each path alone, the bottleneck
+  ablated; twice for segmentation), and the
   whole test set for the global protocol (``eval.global``).
 
 Samples become FLOPs (counted on the meta device: ``fedunet.costs``) and seconds through images/s

@@ -227,6 +227,11 @@ class Simulation:
                     result[f"pers_correct_{path}_only"] = on(c.test_indices)[0]
                 finally:
                     fusion.ablate = None
+            c.model.unet.ablate_bottleneck = True  # what the (shared) block adds to the prediction
+            try:
+                result["pers_correct_no_bottleneck"] = on(c.test_indices)[0]
+            finally:
+                c.model.unet.ablate_bottleneck = False
         if self.cfg["eval"]["global"]:
             g_correct, g_total, g_loss = metrics.evaluate(
                 c, self.data.test_images, self.data.test_labels, None, bs, self.normalizer, self.method.predict

@@ -65,6 +65,8 @@ def summarize_round(per_client: list[dict]) -> dict:
             row[f"pers_acc_{path}_only"] = sum(c[f"pers_correct_{path}_only"] for c in per_client) / max(n, 1)
         for path in ("backbone", "unet"):
             row[f"norm_{path}"] = sum(c[f"norm_{path}_sum"] for c in per_client) / max(n, 1)
+        if "pers_correct_no_bottleneck" in per_client[0]:
+            row["pers_acc_no_bottleneck"] = sum(c["pers_correct_no_bottleneck"] for c in per_client) / max(n, 1)
     if "global_acc" in per_client[0]:
         glob = [c["global_acc"] for c in per_client]
         row["global_acc"] = sum(glob) / len(glob)

@@ -90,6 +90,9 @@ class UNet(nn.Module):
         self.down = nn.ModuleList(Down(widths[i], widths[i + 1], self.plan[i]) for i in range(LEVELS - 1))
         self.bottleneck = Down(widths[-2], widths[-1], self.plan[-1])
         self.up = nn.ModuleList(Up(widths[i + 1], widths[i], self.plan[i]) for i in reversed(range(LEVELS)))
+        # diagnostics: replace z by its per-channel mean over the batch (evaluation batches are a
+        # client's whole split), so nothing image-specific passes through the bottleneck
+        self.ablate_bottleneck = False
 
     def forward(self, x: Tensor) -> Tensor:
         return self.read(x, "decoder")[0]
@@ -101,6 +104,8 @@ class UNet(nn.Module):
         for block in self.down:
             skips.append(block(skips[-1]))
         x = self.bottleneck(skips[-1])
+        if self.ablate_bottleneck:
+            x = x.mean(dim=(0, 2, 3), keepdim=True).expand_as(x)
         if source == "bottleneck":
             return [x]
         levels = []

@@ -3,8 +3,9 @@
 For every client of a run config: the samples it trains on per round (its share minus the
 validation split, x local epochs x participation; the method's extra models train on the same
 batches; the prototype methods add an eval-mode pass after training), and the samples each
-evaluated round reads (the personalized split, the validation split, twice the personalized split
-again for the diagnostics of a model with a U-Net, and the whole test set for the global protocol).
+evaluated round reads (the personalized split, the validation split, the personalized split three
+times again for the diagnostics of a model with a U-Net (twice for segmentation), and the whole test
+set for the global protocol).
 Sample counts are the expected ones (equal shares of the dataset), or a finished run's own.
 """
 
@@ -121,6 +122,8 @@ def run_work(cfg: dict, name: str = "", clients: list[dict] | None = None) -> Ru
     eval_rounds = rounds // ev["every"] + (1 if rounds % ev["every"] else 0)
     attach = specs[0].unet_d is not None
     diagnostics = ev.get("diagnostics", False) and attach
+    # classification: each path alone and the bottleneck ablated; segmentation: each path alone
+    diagnostic_passes = 2 if cfg["dataset"]["name"] in SEGMENTATION_TEST_SIZES else 3
     hp = cfg.get("methods", {}).get(cfg["method"], {})
     prototypes_after = cfg["method"] in PROTOTYPE_METHODS and hp.get("prototypes") != "during"
     work = []
@@ -135,7 +138,7 @@ def run_work(cfg: dict, name: str = "", clients: list[dict] | None = None) -> Ru
             n_train = share - n_test - n_val
         batches_dropped = 1 if n_train % cfg["training"]["batch_size"] == 1 else 0  # a last batch of one is skipped
         trained = (n_train - batches_dropped) * fed["local_epochs"]
-        per_eval = n_test + n_val + (2 * n_test if diagnostics else 0) + (n_global if ev["global"] else 0)
+        per_eval = n_test + n_val + (diagnostic_passes * n_test if diagnostics else 0) + (n_global if ev["global"] else 0)
         work.append(
             ClientWork(
                 spec=spec,

@@ -201,12 +201,12 @@ def test_finite_loss_explosion_is_flagged_in_events_rows_and_summary(tiny_cfg, t
 def test_diagnostics_evaluate_each_path_alone_for_unet_models_only(tiny_cfg, tmp_path):
     summary = train(tiny_cfg(), tmp_path / "unet")
     final = summary["final"]
-    for key in ("pers_acc_backbone_only", "pers_acc_unet_only", "norm_backbone", "norm_unet"):
+    for key in ("pers_acc_backbone_only", "pers_acc_unet_only", "norm_backbone", "norm_unet", "pers_acc_no_bottleneck"):
         assert key in final
     assert final["norm_unet"] > 0 and final["norm_backbone"] > 0
-    assert 0 <= final["pers_acc_unet_only"] <= 1
+    assert 0 <= final["pers_acc_unet_only"] <= 1 and 0 <= final["pers_acc_no_bottleneck"] <= 1
     plain = train(tiny_cfg(method="fedavg", model={"architectures": ["cnn"]}), tmp_path / "plain")["final"]
-    assert "pers_acc_unet_only" not in plain and "norm_unet" not in plain
+    assert "pers_acc_unet_only" not in plain and "norm_unet" not in plain and "pers_acc_no_bottleneck" not in plain
 
 
 def test_diagnostic_ablation_changes_predictions_and_is_undone(tiny_cfg, tmp_path):
@@ -223,9 +223,14 @@ def test_diagnostic_ablation_changes_predictions_and_is_undone(tiny_cfg, tmp_pat
         unet_only = c.model(x)
         c.model.fusion.ablate = None
     assert not torch.allclose(full, unet_only)
+    with torch.no_grad():
+        c.model.unet.ablate_bottleneck = True
+        no_bottleneck = c.model(x)
+        c.model.unet.ablate_bottleneck = False
+    assert not torch.equal(full, no_bottleneck)  # (after one tiny round the logits barely depend on the image)
     per_client = {}
     sim._evaluate(c, per_client)
-    assert c.model.fusion.ablate is None and c.model.fusion.norms is None
+    assert c.model.fusion.ablate is None and c.model.fusion.norms is None and not c.model.unet.ablate_bottleneck
     with torch.no_grad():
         torch.testing.assert_close(c.model(x), full)
 

@@ -61,3 +61,24 @@ def test_the_decoder_output_depends_on_the_bottleneck_but_mostly_through_the_ski
         after = unet(x)
     change = ((after - before).norm() / before.norm()).item()
     assert 0.01 < change < 0.25, change
+
+
+def test_bottleneck_ablation_replaces_z_by_its_per_channel_mean_and_keeps_the_skips():
+    torch.manual_seed(0)
+    net = UNet(1, 64, 28).train()  # batch statistics: untrained running statistics would shrink every signal
+    x = torch.randn(6, 1, 28, 28)
+    with torch.no_grad():
+        z = net.read(x, "bottleneck")[0]
+        net.ablate_bottleneck = True
+        z_ablated = net.read(x, "bottleneck")[0]
+        out_ablated = net(x)
+        net.ablate_bottleneck = False
+        out = net(x)
+    # the same constant for every image and position, per channel: the channel's mean of z
+    torch.testing.assert_close(z_ablated, z.mean(dim=(0, 2, 3), keepdim=True).expand_as(z))
+    assert z_ablated.std(dim=(0, 2, 3)).max() == 0 and z.std(dim=(0, 2, 3)).max() > 0
+    # the decoder still sees the images through the skips: its outputs differ per image, and from the full model's
+    assert out_ablated.std(dim=0).mean() > 0.1 * out.std(dim=0).mean()
+    assert (out - out_ablated).norm() > 1e-3 * out.norm()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), out)  # the flag off restores the model

@@ -273,7 +273,7 @@ def test_smoke_tables_count_divergence_convergence_and_pair_seeds(smoke):
     for _, cell in readings.iterrows():
         mine = exp[(exp["archset"] == cell["archset"]) & (exp["reading"] == cell["reading"]) & (exp["method"] == cell["method"])]
         assert cell["seeds"] == mine["seed"].nunique() == 2
-        for col in ("final_pers_acc", "pers_acc_unet_only", "pers_acc_backbone_only", "norm_unet"):
+        for col in ("final_pers_acc", "pers_acc_unet_only", "pers_acc_backbone_only", "norm_unet", "pers_acc_no_bottleneck"):
             assert cell[f"{col}_mean"] == pytest.approx(mine[col].mean()), col
 
 

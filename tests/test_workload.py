@@ -84,5 +84,5 @@ def test_expected_client_shares_add_up_to_the_dataset():
     n = cfg["dataset"]["synthetic"]["train_size"]
     per_eval = sum(c.eval for c in work.clients)
     n_test = sum(round(n / 4 * 0.25) for _ in range(4))
-    assert per_eval == pytest.approx(n_test * 3 + (n - n_test) * 0.1 + 4 * 60, rel=0.02)  # pers + 2 diagnostics, val, global
+    assert per_eval == pytest.approx(n_test * 4 + (n - n_test) * 0.1 + 4 * 60, rel=0.02)  # pers + 3 diagnostics, val, global
     assert sum(c.train for c in work.clients) == pytest.approx((n - n_test) * 0.9, rel=0.02)

@@ -69,6 +69,7 @@ def run_rows(run_table: list[dict], loaded: dict[str, dict]) -> pd.DataFrame:
             "best_pers_acc": best["pers_acc"],
             "best_global_acc": best["global_acc"],
             **{k: run_summary.final(s).get(k) for k in tables.DIAGNOSTICS},
+            **{k: v for k in tables.ABLATIONS if (v := run_summary.final(s).get(k)) is not None},
         }
         rows.append(_row(entry, loaded[entry["run"]], scores, ("pers_acc", "global_acc")))
     return pd.DataFrame(rows)
@@ -148,7 +149,8 @@ def _run_facts(s: dict, m: pd.DataFrame, pers: str = "pers_acc", glob: str = "gl
     }
 
 
-CURVES = ("round", "pers_acc", "val_acc", "global_acc", "train_loss", "mb_round_total", "time_round_s", *tables.DIAGNOSTICS)
+CURVES = ("round", "pers_acc", "val_acc", "global_acc", "train_loss", "mb_round_total", "time_round_s", *tables.DIAGNOSTICS,
+          *tables.ABLATIONS)
 SEGMENTATION_CURVES = (
     "round", "pers_miou", "pers_pixel_acc", "val_miou", "global_miou", "global_pixel_acc", "train_loss",
     "mb_round_total", "time_round_s", *tables.SEGMENTATION_DIAGNOSTICS,

@@ -233,14 +233,14 @@ def readings_figure(runs: pd.DataFrame, figures: Path, footer: str) -> None:
     readings = sorted(exp["reading"].unique())
     methods = sorted(exp["method"].unique())
     fig, (ax, ax_norm) = plt.subplots(1, 2, figsize=(13, 4.4), gridspec_kw={"width_ratios": [3, 1.4]})
-    series = [(m, col, f"{m}: {what}") for m in methods for col, what in (
-        ("final_pers_acc", "both paths"),
-        ("pers_acc_backbone_only", "backbone alone"),
-        ("pers_acc_unet_only", "U-Net alone"),
-    )]  # fmt: skip
+    shown = [("final_pers_acc", "both paths", 1.0, None), ("pers_acc_backbone_only", "backbone alone", 0.65, None),
+             ("pers_acc_unet_only", "U-Net alone", 0.35, None)]  # fmt: skip
+    if "pers_acc_no_bottleneck" in exp:  # runs before the ablation was recorded have none
+        shown.append(("pers_acc_no_bottleneck", "bottleneck ablated", 1.0, "//"))
+    series = [(m, col, f"{m}: {what}", alpha, hatch) for m in methods for col, what, alpha, hatch in shown]
     width = 0.8 / len(series)
     x = np.arange(len(readings))
-    for i, (method, col, name) in enumerate(series):
+    for i, (method, col, name, alpha, hatch) in enumerate(series):
         part = exp[exp["method"] == method].groupby("reading")[col].agg(["mean", "std"]).reindex(readings)
         ax.bar(
             x + (i - (len(series) - 1) / 2) * width,
@@ -250,7 +250,9 @@ def readings_figure(runs: pd.DataFrame, figures: Path, footer: str) -> None:
             capsize=2,
             label=name,
             color=f"C{methods.index(method)}",
-            alpha=(1.0, 0.65, 0.35)[i % 3],
+            alpha=alpha,
+            hatch=hatch,
+            edgecolor="white" if hatch else None,
         )
     names = [r.replace("-", "\n", 1) for r in readings]  # "add\nbottleneck-linear": short, unrotated
     ax.set_xticks(x, names, fontsize=8)

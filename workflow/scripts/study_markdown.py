@@ -55,7 +55,10 @@ COMPARISONS_NOTE = (
 READINGS_NOTE = (
     "Fusion readings (`mode-source-head`, see the README): final round, mean ± std over seeds. Each path alone: "
     "personalized accuracy with the other path zeroed at the classifier input. Norm ratio: mean L2 norm of the "
-    "U-Net's contribution over the backbone's at the classifier input. `local` trains the same model without sharing."
+    "U-Net's contribution over the backbone's at the classifier input. Bottleneck mean-ablated: personalized accuracy "
+    "with the bottleneck's output replaced by its per-channel mean over the client's split, so that nothing "
+    "image-specific passes the block FedUNet shares (both paths kept); the drop from the full model is what the "
+    "block carries. `local` trains the same model without sharing."
 )
 METHODS_NOTE = (
     "Every method in the heterogeneous experiment, sorted by final global accuracy within each set of client "
@@ -91,6 +94,7 @@ READINGS_COLUMNS = {
     "final_global_acc": "global (%)",
     "pers_acc_backbone_only": "backbone path alone (%)",
     "pers_acc_unet_only": "U-Net path alone (%)",
+    "pers_acc_no_bottleneck": "bottleneck mean-ablated (%)",
 }
 
 
@@ -193,7 +197,8 @@ def rounds_markdown(t: pd.DataFrame, prov: dict) -> str:
 
 
 def readings_markdown(t: pd.DataFrame, prov: dict) -> str:
-    show = _with_mean_std_columns(t[["archset", "reading", "method", "seeds", "diverged"]].copy(), t, READINGS_COLUMNS)
+    labels = {col: label for col, label in READINGS_COLUMNS.items() if f"{col}_mean" in t}  # older runs: no ablation
+    show = _with_mean_std_columns(t[["archset", "reading", "method", "seeds", "diverged"]].copy(), t, labels)
     show["U-Net / backbone norm"] = [
         "-" if pd.isna(u) else f"{u / b:.3f}" for u, b in zip(t["norm_unet_mean"], t["norm_backbone_mean"])
     ]

@@ -32,6 +32,9 @@ METRICS = {
 }
 # Diagnostics of the U-Net path (models with a U-Net), final round.
 DIAGNOSTICS = ("pers_acc_backbone_only", "pers_acc_unet_only", "norm_backbone", "norm_unet")
+# ... and with the bottleneck mean-ablated: recorded by runs from commit 2026-11-26 on (a column only
+# when some run has it)
+ABLATIONS = ("pers_acc_no_bottleneck",)
 GROUP = ["experiment", "archset", "method", "d", "fusion", "alpha"]
 # Segmentation runs: mean IoU and pixel accuracy (fedunet/segmentation/evaluation.py).
 SEGMENTATION_METRICS = {
@@ -211,7 +214,7 @@ def rounds_table(runs: pd.DataFrame, curves: pd.DataFrame, most: int = 8) -> pd.
 def diagnostics_table(runs: pd.DataFrame) -> pd.DataFrame:
     """The readings experiment: accuracy with both paths, each path alone, and their norms."""
     exp = runs[runs["experiment"] == "readings"]
-    cols = ["final_pers_acc", "final_global_acc", *DIAGNOSTICS]
+    cols = ["final_pers_acc", "final_global_acc", *DIAGNOSTICS, *[c for c in ABLATIONS if c in exp]]
     by = ["archset", "reading", "method"]
     t = exp.groupby(by, sort=True)[cols].agg(["mean", "std"])
     t.columns = [f"{a}_{b}" for a, b in t.columns]
