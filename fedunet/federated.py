@@ -176,7 +176,9 @@ class Simulation:
         if self.task == "segmentation":  # per pixel, from device-side confusion matrices
             return segmentation_evaluation.evaluate_round(self.clients, self.data, self.cfg, self.normalizer,
                                                           self.method.predict, per_client)  # fmt: skip
-        return metrics.summarize_round([self._evaluate(c, per_client[c.index]) for c in self.clients])
+        ev = self.cfg["eval"]
+        diagnose = ev["diagnostics"] and (r % ev["diagnostics_every"] == 0 or r == self.cfg["federated"]["rounds"])
+        return metrics.summarize_round([self._evaluate(c, per_client[c.index], diagnose) for c in self.clients])
 
     def _client_row(self, r: int, c: Client) -> dict:
         """The client's row of ``clients.csv`` before the round: filled in by train, receive and evaluate."""
@@ -199,14 +201,14 @@ class Simulation:
             self.method.download(client, tensors)
         return len(blob) * len(self.clients)
 
-    def _evaluate(self, c: Client, rec: dict) -> dict:
+    def _evaluate(self, c: Client, rec: dict, diagnose: bool = True) -> dict:
         bs = self.cfg["eval"]["batch_size"]
         images, labels = self.data.train_images, self.data.train_labels
 
         def on(indices):
             return metrics.evaluate(c, images, labels, indices, bs, self.normalizer, self.method.predict)
 
-        fusion = c.model.fusion if self.cfg["eval"]["diagnostics"] else None
+        fusion = c.model.fusion if diagnose else None
         if fusion is not None:
             fusion.norms = []
         correct, total, loss = on(c.test_indices)

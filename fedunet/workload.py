@@ -122,6 +122,10 @@ def run_work(cfg: dict, name: str = "", clients: list[dict] | None = None) -> Ru
     eval_rounds = rounds // ev["every"] + (1 if rounds % ev["every"] else 0)
     attach = specs[0].unet_d is not None
     diagnostics = ev.get("diagnostics", False) and attach
+    # the share of evaluated rounds that run the diagnostics (eval.diagnostics_every, and the last)
+    evaluated = [r for r in range(1, rounds + 1) if r % ev["every"] == 0 or r == rounds]
+    every = ev.get("diagnostics_every", 1)
+    diagnosed = sum(1 for r in evaluated if r % every == 0 or r == rounds) / len(evaluated)
     # classification: each path alone and the bottleneck ablated; segmentation: each path alone
     diagnostic_passes = 2 if cfg["dataset"]["name"] in SEGMENTATION_TEST_SIZES else 3
     hp = cfg.get("methods", {}).get(cfg["method"], {})
@@ -138,7 +142,7 @@ def run_work(cfg: dict, name: str = "", clients: list[dict] | None = None) -> Ru
             n_train = share - n_test - n_val
         batches_dropped = 1 if n_train % cfg["training"]["batch_size"] == 1 else 0  # a last batch of one is skipped
         trained = (n_train - batches_dropped) * fed["local_epochs"]
-        per_eval = n_test + n_val + (diagnostic_passes * n_test if diagnostics else 0) + (n_global if ev["global"] else 0)
+        per_eval = n_test + n_val + (diagnostic_passes * n_test * diagnosed if diagnostics else 0) + (n_global if ev["global"] else 0)
         work.append(
             ClientWork(
                 spec=spec,

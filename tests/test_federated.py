@@ -209,6 +209,14 @@ def test_diagnostics_evaluate_each_path_alone_for_unet_models_only(tiny_cfg, tmp
     assert "pers_acc_unet_only" not in plain and "norm_unet" not in plain and "pers_acc_no_bottleneck" not in plain
 
 
+def test_diagnostics_run_every_nth_evaluated_round_and_in_the_last(tiny_cfg, tmp_path):
+    train(tiny_cfg(federated={"rounds": 5}, eval={"diagnostics_every": 2}), tmp_path)
+    rows = read_metrics(tmp_path)
+    diagnosed = [int(r["round"]) for r in rows if r["pers_acc_no_bottleneck"] != ""]
+    assert diagnosed == [2, 4, 5] and all(r["pers_acc_unet_only"] == "" for r in rows if int(r["round"]) in (1, 3))
+    assert all(r["pers_acc"] != "" and r["global_acc"] != "" for r in rows)  # the protocols every round
+
+
 def test_diagnostic_ablation_changes_predictions_and_is_undone(tiny_cfg, tmp_path):
 
     sim = Simulation(tiny_cfg(), tmp_path)

@@ -86,3 +86,13 @@ def test_expected_client_shares_add_up_to_the_dataset():
     n_test = sum(round(n / 4 * 0.25) for _ in range(4))
     assert per_eval == pytest.approx(n_test * 4 + (n - n_test) * 0.1 + 4 * 60, rel=0.02)  # pers + 3 diagnostics, val, global
     assert sum(c.train for c in work.clients) == pytest.approx((n - n_test) * 0.9, rel=0.02)
+
+
+def test_diagnostics_every_counts_only_the_rounds_that_run_them():
+    every_round = run_work(config.validate(tiny_raw(federated={"rounds": 6})))
+    sparse = run_work(config.validate(tiny_raw(federated={"rounds": 6}, eval={"diagnostics_every": 3})))
+    none = run_work(config.validate(tiny_raw(federated={"rounds": 6}, eval={"diagnostics": False})))
+    diag_every_round = every_round.eval_samples() - none.eval_samples()
+    assert diag_every_round > 0
+    # rounds 3 and 6 of 6 run the diagnostics
+    assert sparse.eval_samples() - none.eval_samples() == pytest.approx(diag_every_round * 2 / 6)
