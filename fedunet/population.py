@@ -28,6 +28,7 @@ from fedunet.runtime import Runtime, derive_seed
 from fedunet.segmentation import run as segmentation
 from fedunet.segmentation.dataset import IGNORE_INDEX
 from fedunet.segmentation.runconfig import task
+from fedunet.segmodel import SegSpec
 
 
 @dataclass
@@ -106,12 +107,10 @@ def model_specs(cfg: dict, dataset: ImageDataset) -> list[ModelSpec]:
     attach = m["unet"]["attach"]
     if attach == "auto":
         attach = methods.get(cfg["method"]).attach_unet
-    if task(cfg) == "segmentation":
-        return segmentation.model_specs(cfg, dataset, attach)
     archs = m["architectures"]
-    method = methods.get(cfg["method"])
-    return [
-        ModelSpec(
+    # what a client's model is made of in either task; clients cycle through the architectures
+    common = [
+        dict(
             architecture=archs[i % len(archs)],
             in_channels=dataset.in_channels,
             input_size=dataset.input_size,
@@ -119,14 +118,23 @@ def model_specs(cfg: dict, dataset: ImageDataset) -> list[ModelSpec]:
             width=m["width"],
             unet_d=m["unet"]["d"] if attach else None,
             fusion=m["fusion"],
-            fusion_source=m["fusion_source"],
-            fusion_head=m["fusion_head"],
             min_bottleneck_size=m["unet"]["min_bottleneck_size"],
             max_poolings=m["unet"]["max_poolings"],
+        )
+        for i in range(cfg["partition"]["num_clients"])
+    ]
+    if task(cfg) == "segmentation":
+        return [SegSpec(**fields) for fields in common]
+    method = methods.get(cfg["method"])
+    return [
+        ModelSpec(
+            **fields,
+            fusion_source=m["fusion_source"],
+            fusion_head=m["fusion_head"],
             feature_width=m["feature_width"] if method.needs_projection else None,
             projection=m["projection"],
         )
-        for i in range(cfg["partition"]["num_clients"])
+        for fields in common
     ]
 
 

@@ -1,6 +1,6 @@
 """A segmentation run's pieces, as pure functions of its config (``fedunet/population.py`` calls them
-for task ``segmentation``): the dataset with its client partition, the class pixel counts, one
-:class:`~fedunet.segmodel.SegSpec` per client, and the examples a finished run leaves for figures.
+for task ``segmentation``): the dataset with its client partition, the class pixel counts, and the
+examples a finished run leaves for figures (``population.model_specs`` makes the clients' SegSpecs).
 
 * ``fmnist-composite`` / ``synthetic-composite``: :func:`~fedunet.segmentation.composites.federated_composites`
   partitions the *source* images (Dirichlet ``partition.alpha`` or IID, ``partition.test_fraction``
@@ -26,7 +26,6 @@ from fedunet.partition import Partition, PartitionError, make_partition
 from fedunet.segmentation import runconfig
 from fedunet.segmentation.composites import federated_composites
 from fedunet.segmentation.dataset import BACKGROUND, IGNORE_INDEX, SegmentationDataset, class_pixel_counts
-from fedunet.segmodel import SegSpec
 
 EXAMPLES_FILE = "examples.npz"  # what a finished run leaves for the figures (numpy arrays, no pickles)
 EXAMPLES = 4  # global test canvases in it
@@ -111,25 +110,6 @@ def partition_for(cfg: dict, dataset: SegmentationDataset) -> Partition:
 def class_counts(dataset: SegmentationDataset, partition: Partition) -> np.ndarray:
     """(clients x classes) pixels of each class on each client's canvases (train + held-out)."""
     return class_pixel_counts(dataset.train_masks, partition, dataset.num_classes)
-
-
-def model_specs(cfg: dict, dataset: SegmentationDataset, attach: bool) -> list[SegSpec]:
-    m = cfg["model"]
-    archs = m["architectures"]
-    return [
-        SegSpec(
-            architecture=archs[i % len(archs)],
-            in_channels=dataset.in_channels,
-            input_size=dataset.input_size,
-            num_classes=dataset.num_classes,
-            width=m["width"],
-            unet_d=m["unet"]["d"] if attach else None,
-            fusion=m["fusion"],
-            min_bottleneck_size=m["unet"]["min_bottleneck_size"],
-            max_poolings=m["unet"]["max_poolings"],
-        )
-        for i in range(cfg["partition"]["num_clients"])
-    ]
 
 
 @torch.inference_mode()
