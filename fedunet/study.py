@@ -187,7 +187,9 @@ class Study:
                                         exps.append(exp_name)
         if problems:
             raise StudyError(problems)
-        self._planned = len(self.runs)
+        self._planned = {}  # runs the config asks for, per task (the tables of each task count their own)
+        for key in self.runs:
+            self._planned[self.task(key)] = self._planned.get(self.task(key), 0) + 1
         self._check_runs()
 
     def finished_only(self, finished) -> Study:
@@ -207,7 +209,12 @@ class Study:
     @property
     def planned(self) -> int:
         """How many runs the config asks for (restricted or not)."""
-        return self._planned
+        return sum(self._planned.values())
+
+    @property
+    def planned_by_task(self) -> dict[str, int]:
+        """How many runs of each task (classification, segmentation) the config asks for."""
+        return dict(self._planned)
 
     def _canonical_fusion(self, label: str) -> str:
         """A full reading that equals the base config's is named by its mode alone, so that the

@@ -45,7 +45,7 @@ rule aggregate:
     params:
         runs=STUDY.run_table(),
         tables=tables_dir,
-        study={"name": STUDY.name, "config_files": CONFIG_FILES, "defaults": config["defaults"], "planned_runs": STUDY.planned},
+        study={"name": STUDY.name, "config_files": CONFIG_FILES, "defaults": config["defaults"], "planned_runs": STUDY.planned_by_task},
     log:
         f"{OUT}/logs/aggregate.log",
     conda:

@@ -201,14 +201,14 @@ def client_throughput(run_table: list[dict], loaded: dict[str, dict]) -> pd.Data
     )
 
 
-def provenance(runs: pd.DataFrame, study: dict, costs: dict) -> dict:
+def provenance(runs: pd.DataFrame, study: dict, costs: dict, task: str = "classification") -> dict:
     return {
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "study": study["name"],
         "config_files": study["config_files"],
         "runs": len(runs["run"].unique()),
-        # all the study's runs (more than "runs" when the tables hold the runs finished so far)
-        "planned_runs": study.get("planned_runs", len(runs["run"].unique())),
+        # the study's runs of this task (more than "runs" when the tables hold the runs finished so far)
+        "planned_runs": study.get("planned_runs", {}).get(task, len(runs["run"].unique())),
         "commits": sorted(set(runs["commit"])),
         "dirty_runs": int(runs.drop_duplicates("run")["dirty"].fillna(False).astype(bool).sum()),
         "devices": sorted(set(runs["device"])),
@@ -254,7 +254,7 @@ def aggregate(run_table: list[dict], runs_dir: Path, out: Path, costs_path: Path
         seg_loaded = {run: files for run, files in loaded.items() if run in segmentation}
         frames.append(segmentation_tables(seg_table, seg_loaded, out, study))
     runs = pd.concat(frames, ignore_index=True)
-    prov = provenance(runs, study, costs)
+    prov = {**provenance(runs, study, costs), "planned_runs": sum(study.get("planned_runs", {}).values()) or runs["run"].nunique()}
     per_run = {
         r["run"]: {k: r[k] for k in ("commit", "dirty", "device", "torch", "finished")}
         for _, r in runs.drop_duplicates("run").iterrows()
@@ -273,7 +273,7 @@ def segmentation_tables(run_table: list[dict], loaded: dict[str, dict], out: Pat
     """The segmentation runs' tables (their footers name these runs only); returns their rows."""
     runs = segmentation_rows(run_table, loaded)
     _warn_diverged(runs)
-    prov = provenance(runs, study, {})
+    prov = provenance(runs, study, {}, "segmentation")
     write(runs, out, "segmentation_runs", None)
     write(curves(loaded, SEGMENTATION_CURVES), out, "segmentation_curves", None)
     cells = tables.segmentation_table(runs)
