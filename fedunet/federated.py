@@ -171,13 +171,13 @@ class Simulation:
 
     def evaluate(self, r: int, per_client: dict[int, dict]) -> dict:
         """Both protocols over every client, in the rounds evaluated (``eval.every`` and the last)."""
-        if r % self.cfg["eval"]["every"] != 0 and r != self.cfg["federated"]["rounds"]:
+        ev, rounds = self.cfg["eval"], self.cfg["federated"]["rounds"]
+        if not metrics.scheduled(r, ev["every"], rounds):
             return {}
+        diagnose = ev["diagnostics"] and metrics.scheduled(r, ev["diagnostics_every"], rounds)
         if self.task == "segmentation":  # per pixel, from device-side confusion matrices
             return segmentation_evaluation.evaluate_round(self.clients, self.data, self.cfg, self.normalizer,
-                                                          self.method.predict, per_client)  # fmt: skip
-        ev = self.cfg["eval"]
-        diagnose = ev["diagnostics"] and (r % ev["diagnostics_every"] == 0 or r == self.cfg["federated"]["rounds"])
+                                                          self.method.predict, per_client, diagnose)  # fmt: skip
         return metrics.summarize_round([self._evaluate(c, per_client[c.index], diagnose) for c in self.clients])
 
     def _client_row(self, r: int, c: Client) -> dict:

@@ -50,6 +50,12 @@ def evaluate(
     return int(correct), total, float(loss)
 
 
+def scheduled(r: int, every: int, rounds: int) -> bool:
+    """Whether round ``r`` of ``rounds`` is in an every-``every``-th schedule, which always ends with the
+    last round (evaluation: ``eval.every``; diagnostics: ``eval.diagnostics_every``)."""
+    return r % every == 0 or r == rounds
+
+
 def summarize_round(per_client: list[dict]) -> dict:
     """Round-level personalized and global metrics from per-client results."""
     row: dict = {}

@@ -14,6 +14,7 @@ experiments share must then have the same ``base`` in both.
 
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 from dataclasses import dataclass
@@ -187,9 +188,8 @@ class Study:
                                         exps.append(exp_name)
         if problems:
             raise StudyError(problems)
-        self._planned = {}  # runs the config asks for, per task (the tables of each task count their own)
-        for key in self.runs:
-            self._planned[self.task(key)] = self._planned.get(self.task(key), 0) + 1
+        # runs the config asks for, per task (the tables of each task count their own)
+        self._planned = dict(collections.Counter(self.task(key) for key in self.runs))
         self._check_runs()
 
     def finished_only(self, finished) -> Study:

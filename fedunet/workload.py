@@ -19,6 +19,7 @@ from pathlib import Path
 from fedunet import config as run_config
 from fedunet import costs
 from fedunet.methods.base import participants
+from fedunet.metrics import scheduled
 from fedunet.model import ModelSpec
 from fedunet.population import model_specs
 
@@ -119,13 +120,12 @@ def run_work(cfg: dict, name: str = "", clients: list[dict] | None = None) -> Ru
     fed, ev = cfg["federated"], cfg["eval"]
     participation = 1.0 if fed["participation"] >= 1 else participants(fed["participation"], k) / k
     rounds = fed["rounds"]
-    eval_rounds = rounds // ev["every"] + (1 if rounds % ev["every"] else 0)
+    evaluated = [r for r in range(1, rounds + 1) if scheduled(r, ev["every"], rounds)]
+    eval_rounds = len(evaluated)
     attach = specs[0].unet_d is not None
     diagnostics = ev.get("diagnostics", False) and attach
     # the share of evaluated rounds that run the diagnostics (eval.diagnostics_every, and the last)
-    evaluated = [r for r in range(1, rounds + 1) if r % ev["every"] == 0 or r == rounds]
-    every = ev.get("diagnostics_every", 1)
-    diagnosed = sum(1 for r in evaluated if r % every == 0 or r == rounds) / len(evaluated)
+    diagnosed = sum(scheduled(r, ev.get("diagnostics_every", 1), rounds) for r in evaluated) / eval_rounds
     # classification: each path alone and the bottleneck ablated; segmentation: each path alone
     diagnostic_passes = 2 if cfg["dataset"]["name"] in SEGMENTATION_TEST_SIZES else 3
     hp = cfg.get("methods", {}).get(cfg["method"], {})

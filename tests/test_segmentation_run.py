@@ -147,3 +147,10 @@ def test_fmnist_composite_clients_see_their_label_skew():
     # no published constants for canvases: the clients' training canvases' own (not Fashion-MNIST's 0.286)
     expected = data.channel_stats(torch.cat(data.partition.train))
     assert torch.equal(mean, expected[0]) and torch.equal(std, expected[1]) and abs(float(mean[0]) - 0.286) > 0.01
+
+
+def test_diagnostics_follow_eval_diagnostics_every_like_classification(tmp_path):
+    train(seg_cfg(eval={"diagnostics_every": 2}), tmp_path)  # 2 rounds: diagnostics in round 2 only
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert metrics["pers_miou"].notna().all()
+    assert metrics["pers_miou_unet_only"].isna().tolist() == [True, False]

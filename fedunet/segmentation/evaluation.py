@@ -57,7 +57,7 @@ def confusion(client, images: Tensor, masks: Tensor, indices, batch_size: int, n
     return matrix, loss
 
 
-def _client_parts(c, data, cfg: dict, normalizer, predict) -> dict[str, Tensor]:
+def _client_parts(c, data, cfg: dict, normalizer, predict, diagnose: bool) -> dict[str, Tensor]:
     """One client's device tensors of an evaluation, by name (matrices flattened, float64)."""
     bs, k = cfg["eval"]["batch_size"], data.num_classes
 
@@ -66,7 +66,7 @@ def _client_parts(c, data, cfg: dict, normalizer, predict) -> dict[str, Tensor]:
         return matrix.flatten().double(), loss.view(1)
 
     parts: dict[str, Tensor] = {}
-    fusion = c.model.fusion if cfg["eval"]["diagnostics"] else None
+    fusion = c.model.fusion if diagnose else None
     if fusion is not None:
         fusion.norms = []
     parts["pers"], parts["pers_loss"] = on(data.train_images, data.train_masks, c.test_indices)
@@ -94,12 +94,14 @@ def _to_host(per_client: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
     return [dict(zip(names, row.split(sizes))) for row in host]
 
 
-def evaluate_round(clients, data, cfg: dict, normalizer, predict, per_client: dict[int, dict]) -> dict:
+def evaluate_round(clients, data, cfg: dict, normalizer, predict, per_client: dict[int, dict], diagnose: bool | None = None) -> dict:
     """The round's segmentation metrics (a ``metrics.csv`` row's part), filling each client's
-    ``clients.csv`` row in ``per_client`` too."""
+    ``clients.csv`` row in ``per_client`` too; the path diagnostics when ``diagnose`` (by default,
+    ``eval.diagnostics``: the engine passes it for the round, ``eval.diagnostics_every``)."""
+    diagnose = cfg["eval"]["diagnostics"] if diagnose is None else diagnose
     k = data.num_classes
     pixels = data.input_size**2
-    results = _to_host([_client_parts(c, data, cfg, normalizer, predict) for c in clients])
+    results = _to_host([_client_parts(c, data, cfg, normalizer, predict, diagnose) for c in clients])
 
     def matrix(r, name):
         return r[name].view(k, k)

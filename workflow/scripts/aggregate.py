@@ -201,14 +201,16 @@ def client_throughput(run_table: list[dict], loaded: dict[str, dict]) -> pd.Data
     )
 
 
-def provenance(runs: pd.DataFrame, study: dict, costs: dict, task: str = "classification") -> dict:
+def provenance(runs: pd.DataFrame, study: dict, costs: dict, task: str | None = "classification") -> dict:
+    """What every table's footer and provenance.json say; ``planned_runs``: the study's runs of ``task``
+    (of every task when ``None``), more than ``runs`` when the tables hold the runs finished so far."""
+    planned = study.get("planned_runs", {})
     return {
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "study": study["name"],
         "config_files": study["config_files"],
         "runs": len(runs["run"].unique()),
-        # the study's runs of this task (more than "runs" when the tables hold the runs finished so far)
-        "planned_runs": study.get("planned_runs", {}).get(task, len(runs["run"].unique())),
+        "planned_runs": (planned.get(task) if task else sum(planned.values())) or len(runs["run"].unique()),
         "commits": sorted(set(runs["commit"])),
         "dirty_runs": int(runs.drop_duplicates("run")["dirty"].fillna(False).astype(bool).sum()),
         "devices": sorted(set(runs["device"])),
@@ -254,7 +256,7 @@ def aggregate(run_table: list[dict], runs_dir: Path, out: Path, costs_path: Path
         seg_loaded = {run: files for run, files in loaded.items() if run in segmentation}
         frames.append(segmentation_tables(seg_table, seg_loaded, out, study))
     runs = pd.concat(frames, ignore_index=True)
-    prov = {**provenance(runs, study, costs), "planned_runs": sum(study.get("planned_runs", {}).values()) or runs["run"].nunique()}
+    prov = provenance(runs, study, costs, task=None)
     per_run = {
         r["run"]: {k: r[k] for k in ("commit", "dirty", "device", "torch", "finished")}
         for _, r in runs.drop_duplicates("run").iterrows()
