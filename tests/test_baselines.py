@@ -104,8 +104,8 @@ def test_prototype_regularizer_pulls_features_to_global_prototypes(tiny_cfg, tmp
     c = sim.clients[0]
     x, y = next(iter(c.loader))
     plain = torch.nn.functional.cross_entropy(c.model(x), y)
-    c.state["protos"] = torch.full((C, K), 5.0)
-    c.state["present"] = torch.tensor([True, True, True])
+    torch.testing.assert_close(sim.method.loss(c, x, y), plain)  # no global prototype yet: CE alone
+    sim.method.receive_prototypes(c, torch.full((C, K), 5.0), torch.tensor([True, True, True]))
     assert sim.method.loss(c, x, y) > plain + 1.0  # lamda x MSE to far-away prototypes
 
 
@@ -243,6 +243,7 @@ def test_fd_loss_matches_the_formula(tiny_cfg, target):
         "logit_counts": torch.zeros(3, dtype=torch.int64),
         "global_logits": torch.tensor([g0, [0.0] * 3, [0.0] * 3]),
         "present": torch.tensor([True, False, False]),
+        "any_present": True,
     }
     client = SimpleNamespace(logits=lambda x: x, state=state)
     got = method.loss(client, torch.tensor(z, requires_grad=True), torch.tensor(y))
@@ -259,6 +260,27 @@ def test_fd_loss_matches_the_formula(tiny_cfg, target):
     assert state["logit_sums"][2].tolist() == [0.0, 0.0, 3.0]
 
 
+@pytest.mark.parametrize("target", ["softmax", "logits"])
+def test_fd_adds_no_term_before_global_logits_arrive(tiny_cfg, target):
+    """Round 1 (HtFLlib): CE alone; the download of counts tells the client, on the host, that
+    global logits exist, and the term appears."""
+    method = method_for(tiny_cfg, "fd", lamda=0.5, target=target)
+    method.num_classes = 3
+    state = {
+        "logit_sums": torch.zeros(3, 3),
+        "logit_counts": torch.zeros(3, dtype=torch.int64),
+        "global_logits": torch.zeros(3, 3),
+        "present": torch.zeros(3, dtype=torch.bool),
+        "any_present": False,
+    }
+    client = SimpleNamespace(logits=lambda x: x, state=state, device=torch.device("cpu"))
+    z, y = torch.tensor([[1.0, 2.0, 0.0]]), torch.tensor([0])
+    assert float(method.loss(client, z, y)) == pytest.approx(ce(z[0].tolist(), 0))
+    method.download(client, {"logits": torch.tensor([[5.0, -5.0, 0.0]] * 3), "counts": torch.tensor([1, 0, 0])})
+    assert state["any_present"] is True
+    assert float(method.loss(client, z, y)) != pytest.approx(ce(z[0].tolist(), 0))
+
+
 def test_fd_raw_logit_target_is_unbounded_below(tiny_cfg):
     """Why raw logits are not our default: with a target that has a negative entry, the term
     decreases without bound as the model pushes that logit down (here -1 * -M grows with M)."""
@@ -269,6 +291,7 @@ def test_fd_raw_logit_target_is_unbounded_below(tiny_cfg):
         "logit_counts": torch.zeros(3, dtype=torch.int64),
         "global_logits": torch.tensor([[2.0, -1.0, 0.0]] * 3),
         "present": torch.ones(3, dtype=torch.bool),
+        "any_present": True,
     }
     client = SimpleNamespace(logits=lambda x: x, state=state)
     losses = [float(method.loss(client, torch.tensor([[0.0, -m, 0.0]]), torch.tensor([0]))) for m in (10.0, 100.0, 1000.0)]
@@ -287,7 +310,7 @@ def test_prototype_loss_matches_the_formula(tiny_cfg, method_name):
     f = [[1.0, 2.0], [3.0, -1.0]]
     y = [0, 1]
     model = SimpleNamespace(features=lambda x: x, classifier=lambda h: h)  # logits = features
-    state = {"protos": torch.tensor([[0.0, 1.0], [9.0, 9.0]]), "present": torch.tensor([True, False])}
+    state = {"protos": torch.tensor([[0.0, 1.0], [9.0, 9.0]]), "present": torch.tensor([True, False]), "any_present": True}
     got = method.loss(SimpleNamespace(model=model, state=state), torch.tensor(f, requires_grad=True), torch.tensor(y))
     plain = (ce(f[0], 0) + ce(f[1], 1)) / 2
     mse = ((1 - 0) ** 2 + (2 - 1) ** 2 + 0 + 0) / 4
@@ -410,7 +433,7 @@ def test_fedproto_options_aggregation_mean_and_prototype_inference(tiny_cfg, tmp
     client = SimpleNamespace(
         model=SimpleNamespace(features=lambda x: x),
         logits=lambda x: torch.zeros(len(x), 2),
-        state={"protos": torch.tensor([[0.0, 0.0], [4.0, 4.0]]), "present": torch.tensor([True, True])},
+        state={"protos": torch.tensor([[0.0, 0.0], [4.0, 4.0]]), "present": torch.tensor([True, True]), "any_present": True},
     )
     scores = method.predict(client, torch.tensor([[1.0, 1.0], [3.0, 2.5]]))
     assert scores.argmax(1).tolist() == [0, 1]

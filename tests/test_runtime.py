@@ -187,21 +187,7 @@ class HostSyncCounter(TorchDispatchMode):
         return sum(self.calls.values())
 
 
-# methods/ whose loss reads a device tensor on the host every step (bool(tensor.any()), boolean
-# masks): the fix belongs in fedunet/methods/ (see the runtime notes); strict, so that the fix flips
-# these to failures and the list gets shortened
-SYNCING_METHODS = {"fd", "fedproto", "fedtgp"}
-
-
-@pytest.mark.parametrize(
-    "method",
-    [
-        pytest.param(m, marks=pytest.mark.xfail(strict=True, reason="bool(tensor.any()) per step in fedunet/methods"))
-        if m in SYNCING_METHODS
-        else m
-        for m in methods.available()
-    ],
-)
+@pytest.mark.parametrize("method", methods.available())
 def test_training_loop_never_syncs_the_host_per_step(tmp_path, method):
     """One local epoch of several steps, after a round (so that global state has arrived): at most
     one host sync, the loss read once at the end of the round."""

@@ -231,6 +231,7 @@ class PrototypeMethod(Method):
         for c in clients:
             c.state["protos"] = torch.zeros(self.num_classes, self.width, device=c.device)
             c.state["present"] = torch.zeros(self.num_classes, dtype=torch.bool, device=c.device)
+            c.state["any_present"] = False  # on the host, so that no step reads ``present`` back
             if self.during:
                 c.state["proto_sums"] = torch.zeros(self.num_classes, self.width, device=c.device)
                 c.state["proto_counts"] = torch.zeros(self.num_classes, dtype=torch.int64, device=c.device)
@@ -269,11 +270,18 @@ class PrototypeMethod(Method):
             client.state["proto_sums"].index_add_(0, y, features.detach().float())
             client.state["proto_counts"] += torch.bincount(y, minlength=self.num_classes)
         loss = torch.nn.functional.cross_entropy(client.model.classifier(features), y)
-        if bool(client.state["present"].any()):
+        if client.state["any_present"]:
             loss = loss + self.hp["lamda"] * prototype_loss(features, y, client.state["protos"], client.state["present"])
         return loss
 
+    def receive_prototypes(self, client: Client, protos: Tensor, present: Tensor) -> None:
+        """Store the global prototypes and which classes have one; ``present`` arrives on the host,
+        where whether any class has one is read once per round instead of at every step."""
+        client.state["protos"] = protos.float().to(client.device)
+        client.state["present"] = present.to(client.device)
+        client.state["any_present"] = bool(present.any())
+
     def predict(self, client: Client, x: Tensor) -> Tensor:
-        if self.hp.get("inference") == "prototype" and bool(client.state["present"].any()):
+        if self.hp.get("inference") == "prototype" and client.state["any_present"]:
             return prototype_scores(client.model.features(x), client.state["protos"], client.state["present"])
         return client.logits(x)

@@ -44,6 +44,7 @@ class FedDistill(Method):
                 logit_counts=torch.zeros(c, dtype=torch.int64, device=dev),
                 global_logits=torch.zeros(c, c, device=dev),
                 present=torch.zeros(c, dtype=torch.bool, device=dev),
+                any_present=False,  # on the host: read once per round, not at every step
             )
         template = {"logits": torch.zeros(c, c), "counts": torch.zeros(c, dtype=torch.int64)}
         self.spec = self.payload_spec(template)
@@ -55,17 +56,17 @@ class FedDistill(Method):
         st = client.state
         st["logit_sums"].index_add_(0, y, logits.detach().float())  # for this round's upload
         st["logit_counts"] += torch.bincount(y, minlength=self.num_classes)
+        if not st["any_present"]:  # no global logits yet (round 1): CE alone, as in HtFLlib
+            return loss
         have = st["present"][y]
         if self.hp["target"] == "logits":
-            if bool(st["present"].any()):  # HtFLlib: no term before the first global logits arrive
-                target = torch.where(have.unsqueeze(1), st["global_logits"][y], logits.detach().float())
-                soft_ce = -(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
-                loss = loss + self.hp["lamda"] * soft_ce
-        elif bool(have.any()):
-            target = F.softmax(st["global_logits"][y[have]], dim=1)
-            soft_ce = -(target * F.log_softmax(logits[have].float(), dim=1)).sum(dim=1).sum() / len(y)
-            loss = loss + self.hp["lamda"] * soft_ce
-        return loss
+            target = torch.where(have.unsqueeze(1), st["global_logits"][y], logits.detach().float())
+            soft_ce = -(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+        else:  # samples whose class has no global logit add nothing (masked, not selected: no host sync)
+            target = F.softmax(st["global_logits"][y], dim=1)
+            per_sample = -(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
+            soft_ce = torch.where(have, per_sample, torch.zeros_like(per_sample)).sum() / len(y)
+        return loss + self.hp["lamda"] * soft_ce
 
     def upload_spec(self, client):
         return self.spec
@@ -94,4 +95,6 @@ class FedDistill(Method):
 
     def download(self, client, message):
         client.state["global_logits"] = message["logits"].float().to(client.device)
-        client.state["present"] = (message["counts"] > 0).to(client.device)
+        present = message["counts"] > 0
+        client.state["present"] = present.to(client.device)
+        client.state["any_present"] = bool(present.any())

@@ -59,5 +59,4 @@ class FedProto(PrototypeMethod):
         return {"protos": (protos * weights.unsqueeze(2)).sum(0), "counts": total}, {}
 
     def download(self, client, message):
-        client.state["protos"] = message["protos"].float().to(client.device)
-        client.state["present"] = (message["counts"] > 0).to(client.device)
+        self.receive_prototypes(client, message["protos"], message["counts"] > 0)

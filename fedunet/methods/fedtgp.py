@@ -97,8 +97,7 @@ class FedTGP(PrototypeMethod):
         return {"protos": protos}, {"margin": margin, "prototypes": len(labels)}
 
     def download(self, client, message):
-        client.state["protos"] = message["protos"].float().to(client.device)
-        client.state["present"] = torch.ones(self.num_classes, dtype=torch.bool, device=client.device)
+        self.receive_prototypes(client, message["protos"], torch.ones(self.num_classes, dtype=torch.bool))
 
     def state_dict(self):
         return {"generator_net": self.generator_net.state_dict(), "shuffle": self.shuffle.get_state()}
