@@ -137,6 +137,47 @@ def test_rounds_table_shows_each_rounds_mean_the_maximum_and_the_pace(monkeypatc
     assert round_columns(list(range(1, 101)), most=6) == [1, 2, 3, 4, 52, 100]
 
 
+def test_variants_table_pairs_each_setting_with_the_default_of_its_option(monkeypatch):
+    """Hand-computed: FedUNet at d=16 and d=64 (add) and at concat (d=64), two seeds; each setting minus
+    the default (d=64, add) over the seeds both ran, the other option held; a method with one setting
+    (local) and alpha (a different partition) are never paired."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    from study_tables import variants_table
+
+    def run(method, d, fusion, seed, pers, glob, alpha="a0.5", mb=1.0):
+        return {"experiment": "e", "archset": "a", "method": method, "d": d, "fusion": fusion, "alpha": alpha,
+                "seed": seed, "final_pers_acc": pers, "final_global_acc": glob, "diverged": False,
+                "mb_up_per_client": mb}  # fmt: skip
+
+    runs = pd.DataFrame(
+        [
+            run("fedunet", 64, "add", 0, 0.80, 0.50, mb=4.0),
+            run("fedunet", 64, "add", 1, 0.82, 0.54, mb=4.0),
+            run("fedunet", 16, "add", 0, 0.77, 0.49, mb=1.0),
+            run("fedunet", 16, "add", 1, 0.78, 0.52, mb=1.0),
+            run("fedunet", 16, "add", 2, 0.10, 0.10, mb=1.0),  # no partner at d=64: not paired
+            run("fedunet", 64, "concat", 0, 0.81, 0.50, mb=4.0),
+            run("fedunet", 64, "concat", 1, 0.84, 0.56, mb=4.0),
+            run("fedunet", 64, "add", 0, 0.20, 0.20, alpha="a0.1"),  # another partition
+            run("local", 64, "add", 0, 0.79, 0.50),
+            run("local", 64, "add", 1, 0.81, 0.50),
+        ]
+    )
+    t = variants_table(runs, {"d": [64], "fusion": ["add"]})
+    assert len(t) == 2 and set(t["method"]) == {"fedunet"} and set(t["alpha"]) == {"a0.5"}
+    d16 = t[t["option"] == "d"].iloc[0]
+    assert (d16["d"], d16["fusion"], d16["reference"], d16["pairs"]) == (16, "add", 64, 2)
+    # differences -3 and -4 points: mean -3.5, sd 0.7071, t(1) = 12.706, half-width 12.706 * 0.5 = 6.353
+    assert d16["final_pers_acc_diff_pts"] == pytest.approx(-3.5)
+    assert (d16["final_pers_acc_ci_low"], d16["final_pers_acc_ci_high"]) == pytest.approx((-9.853, 2.853))
+    assert d16["final_global_acc_diff_pts"] == pytest.approx(-1.5) and not d16["final_pers_acc_holds"]
+    assert (d16["mb_up_per_client"], d16["mb_up_per_client_reference"]) == (pytest.approx(1.0), pytest.approx(4.0))
+    concat = t[t["option"] == "fusion"].iloc[0]
+    assert (concat["d"], concat["fusion"], concat["reference"]) == (64, "concat", "add")
+    assert concat["final_pers_acc_diff_pts"] == pytest.approx(1.5)
+    assert concat["final_global_acc_diff_pts"] == pytest.approx(1.0)
+
+
 def test_every_figure_has_a_report_caption():
     """`snakemake --report` fails on a figure without its caption (workflow/rules/common.smk, figure_output)."""
     from fedunet.study import SUMMARY_FIGURES
@@ -266,6 +307,12 @@ def test_smoke_tables_count_divergence_convergence_and_pair_seeds(smoke):
     theirs = runs[(runs["experiment"] == "homogeneous") & (runs["method"] == "local")].set_index("seed")
     diff = 100 * (mine["final_pers_acc"] - theirs["final_pers_acc"])
     assert row["pairs"] == 2 and row["final_pers_acc_diff_pts"] == pytest.approx(diff.mean())
+    variants = pd.read_csv(tables / "variants.csv")
+    row = variants[(variants["experiment"] == "bottleneck") & (variants["method"] == "fedunet")].squeeze()
+    assert (row["option"], row["d"], str(row["reference"]), row["pairs"]) == ("d", 16, "32", 2)
+    bottleneck = runs[(runs["experiment"] == "bottleneck") & (runs["method"] == "fedunet")]
+    mine, theirs = (bottleneck[bottleneck["d"] == d].set_index("seed")["final_global_acc"] for d in (16, 32))
+    assert row["final_global_acc_diff_pts"] == pytest.approx(100 * (mine - theirs).mean())
     readings = pd.read_csv(tables / "readings.csv")
     assert set(readings["reading"]) == {"add-decoder-linear", "add-bottleneck-linear", "add-decoder-conv"}
     # each cell is its runs' own numbers averaged over seeds (runs.csv, from each summary.json)

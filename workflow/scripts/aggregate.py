@@ -306,6 +306,9 @@ def classification_tables(run_table: list[dict], loaded: dict[str, dict], out: P
         write(comp_t, out, "comparisons", md.comparisons_markdown(comp_t, prov))
     else:
         log.info("no comparisons table: no experiment has FedUNet next to another method")
+    variants = tables.variants_table(runs, study["defaults"])
+    if len(variants):
+        write(variants, out, "variants", md.variants_markdown(variants, prov))
     experiments = set(runs["experiment"])
     if "readings" in experiments:
         diag = tables.diagnostics_table(runs)

@@ -52,6 +52,13 @@ COMPARISONS_NOTE = (
     "(same partition and seed), in percentage points with a 95% Student-t interval; `*` marks an interval that "
     "excludes zero. `diverged`: runs flagged as diverged, FedUNet/other (they stay in the difference)."
 )
+VARIANTS_NOTE = (
+    "Paired differences of final-round accuracy, a method at the row's `d` and `fusion` minus the same method at "
+    "the `reference` value of the varied `option` (the study's default), over the seeds both ran (same partition "
+    "and seed), in percentage points with a 95% Student-t interval; `*` marks an interval that excludes zero. "
+    "`diverged`: runs flagged as diverged, this setting/reference. MB up: serialized payload per client per round, "
+    "this setting vs reference."
+)
 READINGS_NOTE = (
     "Fusion readings (`mode-source-head`, see the README): final round, mean ± std over seeds. Each path alone: "
     "personalized accuracy with the other path zeroed at the classifier input. Norm ratio: mean L2 norm of the "
@@ -123,6 +130,15 @@ def comparisons_markdown(t: pd.DataFrame, prov: dict) -> str:
     return markdown(_differences(t, CLASSIFICATION_DIFFERENCES), title, COMPARISONS_NOTE, prov)
 
 
+def variants_markdown(t: pd.DataFrame, prov: dict) -> str:
+    title = "Each method against itself at the default d or fusion (paired over seeds)"
+    keys = ["experiment", "archset", "alpha", "method", "option", "d", "fusion", "reference", "pairs", "diverged"]
+    show = _differences(t, CLASSIFICATION_DIFFERENCES, keys, "setting - reference")
+    mb = zip(t["mb_up_per_client"], t["mb_up_per_client_reference"])
+    show["MB up (setting vs reference)"] = [f"{a:.4g} vs {b:.4g}" for a, b in mb]
+    return markdown(show, title, VARIANTS_NOTE, prov)
+
+
 CLASSIFICATION_DIFFERENCES = (("final_pers_acc", "personalized"), ("final_global_acc", "global"))
 SEGMENTATION_DIFFERENCES = (
     ("final_pers_miou", "personalized mIoU"),
@@ -132,11 +148,14 @@ SEGMENTATION_DIFFERENCES = (
 )
 
 
-def _differences(t: pd.DataFrame, columns: tuple) -> pd.DataFrame:
-    """A comparisons table shown: one "FedUNet - X (pts, 95% CI)" column per ``(column, label)``."""
-    show = t[["experiment", "archset", "alpha", "d", "fusion", "versus", "pairs", "diverged"]].copy()
+COMPARISON_KEYS = ["experiment", "archset", "alpha", "d", "fusion", "versus", "pairs", "diverged"]
+
+
+def _differences(t: pd.DataFrame, columns: tuple, keys: list[str] = COMPARISON_KEYS, what: str = "FedUNet - X") -> pd.DataFrame:
+    """A table of paired differences shown: one "<what>, <label> (pts, 95% CI)" column per ``(column, label)``."""
+    show = t[keys].copy()
     for col, label in columns:
-        show[f"FedUNet - X, {label} (pts, 95% CI)"] = [
+        show[f"{what}, {label} (pts, 95% CI)"] = [
             "-" if math.isnan(m) else f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]{' *' if holds else ''}"
             for m, lo, hi, holds in zip(t[f"{col}_diff_pts"], t[f"{col}_ci_low"], t[f"{col}_ci_high"], t[f"{col}_holds"])
         ]

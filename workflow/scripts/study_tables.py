@@ -5,6 +5,8 @@ DataFrames out.  Nothing here reads or writes a file; ``aggregate.py`` does the 
 * ``accuracy_table``: experiment x method x architecture set (x d, fusion, alpha), both
   protocols, final and best round, mean, std and 95% t-interval over seeds;
 * ``comparisons_table``: FedUNet minus every other method of its experiment, paired over seeds;
+* ``variants_table``: each method minus itself at the study's default d or fusion, paired over seeds
+  (the d knee, add vs concat, which fusion reading);
 * ``communication_table``: bytes per client per round and per round in total, against
   whole-model FedAvg of each backbone;
 * ``compute_table``: training FLOPs per sample and measured throughput with and without the U-Net;
@@ -122,6 +124,51 @@ def comparisons_table(runs: pd.DataFrame, reference: str = "fedunet", compared: 
                 row["pairs"] = diff.n
                 row["diverged"] = f"{int(mine['diverged'].sum())}/{int(theirs['diverged'].sum())}"
                 rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# The settings a method is compared with itself over: same partition and seed, so pairs are fair
+# (alpha changes the partition, so it is not one of them).
+VARIED = ("d", "fusion")
+
+
+def variants_table(runs: pd.DataFrame, defaults: dict, compared: tuple[str, ...] = COMPARED) -> pd.DataFrame:
+    """For every method of an experiment that varies d or the fusion: each setting (the row's d and
+    fusion) minus the same method at the study's default value of ``option`` (``reference``; from
+    ``defaults``, e.g. ``{"d": [64], "fusion": ["add"]}``, or the smallest value run where the default
+    was not), the other option held, paired over the seeds both ran, with its 95% t-interval, and
+    the bytes each sends up per client and round."""
+    rows = []
+    for (exp, archset, alpha, method), cell in runs.groupby(["experiment", "archset", "alpha", "method"], sort=True):
+        for option in VARIED:
+            (fixed_option,) = [o for o in VARIED if o != option]
+            for fixed, group in cell.groupby(fixed_option, sort=True):
+                values = sorted(set(group[option]))
+                if len(values) < 2:
+                    continue
+                reference = defaults[option][0] if defaults[option][0] in values else values[0]
+                base = group[group[option] == reference]
+                for value in values:
+                    if value == reference:
+                        continue
+                    mine = group[group[option] == value]
+                    row = {"experiment": exp, "archset": archset, "alpha": alpha, "method": method, option: value,
+                           fixed_option: fixed, "option": option, "reference": reference}  # fmt: skip
+                    for col in compared:
+                        diff = paired_difference(dict(zip(mine["seed"], mine[col])), dict(zip(base["seed"], base[col])))
+                        row.update(
+                            {
+                                f"{col}_diff_pts": 100 * diff.mean,
+                                f"{col}_ci_low": 100 * diff.low,
+                                f"{col}_ci_high": 100 * diff.high,
+                                f"{col}_holds": diff.excludes_zero,
+                            }
+                        )
+                    row["pairs"] = diff.n
+                    row["diverged"] = f"{int(mine['diverged'].sum())}/{int(base['diverged'].sum())}"
+                    row["mb_up_per_client"] = mine["mb_up_per_client"].mean()
+                    row["mb_up_per_client_reference"] = base["mb_up_per_client"].mean()
+                    rows.append(row)
     return pd.DataFrame(rows)
 
 
