@@ -145,6 +145,11 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def finished_so_far(runs: int, planned: int) -> str:
+    """What a table's or figure's footer adds when it holds fewer runs than the study plans."""
+    return f" (the runs finished so far, of {planned} planned)" if planned > runs else ""
+
+
 class Study:
     def __init__(self, cfg: dict):
         check(cfg)

@@ -3,7 +3,7 @@ import pytest
 from fedunet import methods, models, study
 from fedunet.config import load_yaml
 from fedunet.segmodel import SEG_BACKBONES
-from fedunet.study import RunKey, Study, StudyError, alpha_label
+from fedunet.study import RunKey, Study, StudyError, alpha_label, finished_so_far
 
 
 def study_cfg(**experiments):
@@ -79,6 +79,11 @@ def test_finished_only_keeps_the_finished_runs_and_their_experiments():
     assert len(s.runs) == 6 and "homogeneous" in s.cfg["experiments"]  # the full study is untouched
     with pytest.raises(StudyError, match="finished_only: no run"):
         s.finished_only(lambda k: False)
+
+
+def test_footers_say_finished_so_far_only_for_a_partial_study():
+    assert finished_so_far(30, 30) == "" and finished_so_far(30, 12) == ""
+    assert finished_so_far(16, 165) == " (the runs finished so far, of 165 planned)"
 
 
 def test_partition_files_are_named_by_their_settings():

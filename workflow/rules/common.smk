@@ -6,7 +6,7 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 
-from fedunet.study import RunKey, Study, StudyError
+from fedunet.study import RunKey, Study, StudyError, finished_so_far
 
 try:
     STUDY = Study(config)
@@ -60,7 +60,7 @@ STUDY_ARCHS = sorted({a for s in {k.archset for k in CLASSIFICATION} for a in co
 STUDY_D = sorted({k.d for k in CLASSIFICATION} | {128, 1024})
 COSTS = [f"{OUT}/tables/costs.json"] if CLASSIFICATION else []
 # what a footer adds when the tables hold only the runs finished so far
-SO_FAR = f" (the {len(STUDY.runs)} runs finished so far of {STUDY.planned} planned)" if len(STUDY.runs) < STUDY.planned else ""
+SO_FAR = f", from {len(STUDY.runs)} runs{finished_so_far(len(STUDY.runs), STUDY.planned)}" if len(STUDY.runs) < STUDY.planned else ""
 CONFIG_FILES = [os.path.relpath(p) for p in workflow.overwrite_configfiles] or ["config/config.yaml"]
 
 # ------------------------------------------------------------------ resources

@@ -34,7 +34,7 @@ from segmentation_figures import segmentation_examples_figure  # noqa: E402
 
 from fedunet.study import SEGMENTATION_FIGURE, SUMMARY_FIGURES  # noqa: E402
 
-PROTOCOLS = (("pers_acc", "personalized (own held-out split)"), ("global_acc", "global (full test set)"))
+PROTOCOLS = (("pers_acc", "personalized (own held-out split)"), ("global_acc", "global (shared test set)"))
 SEGMENTATION_PROTOCOLS = (("pers_miou", "personalized (own held-out canvases)"), ("global_miou", "global (global test canvases)"))
 AXES = ("archset", "method", "d", "fusion", "alpha")
 plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "font.size": 10, "axes.grid": True, "grid.alpha": 0.3})

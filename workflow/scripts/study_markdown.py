@@ -6,6 +6,8 @@ import math
 import pandas as pd
 from study_tables import GROUP, METRICS, SEGMENTATION_METRICS
 
+from fedunet.study import finished_so_far
+
 
 def markdown(df: pd.DataFrame, title: str, note: str, prov: dict, percent: tuple[str, ...] = ()) -> str:
     cols = list(df.columns)
@@ -28,8 +30,7 @@ def _cell(v, percent: bool) -> str:
 
 def _footer(prov: dict) -> str:
     dirty = f", {prov['dirty_runs']} run(s) from a modified checkout" if prov["dirty_runs"] else ""
-    planned = prov.get("planned_runs", prov["runs"])
-    so_far = f" (the runs finished so far, of {planned} planned)" if planned > prov["runs"] else ""
+    so_far = finished_so_far(prov["runs"], prov.get("planned_runs", prov["runs"]))
     return (
         f"*Ours, produced by the pipeline (workflow/scripts/aggregate.py) on {prov['generated']} from {prov['runs']} runs{so_far} "
         f"of study `{prov['study']}` ({', '.join(prov['config_files'])}); datasets: {', '.join(prov['datasets'])}; "
@@ -41,7 +42,8 @@ def _footer(prov: dict) -> str:
 # What each table shows, printed under its title.
 ACCURACY_NOTE = (
     "Accuracy (%) as mean ± std over seeds (sample std). Personalized: each client on its own held-out split, "
-    "sample-weighted (HtFLlib protocol). Global: each client model on the full test set, averaged over clients "
+    "sample-weighted (HtFLlib protocol). Global: each client model on the shared test set (a fixed subset where "
+    "the study sets dataset.max_test), averaged over clients "
     "(NIID-Bench protocol). The final round is the primary figure; the best round is chosen on validation splits "
     "carved from each client's training data, never on either test set (HtFLlib picks it on the test split). "
     "`diverged`: runs flagged as diverged (kept in the mean); `flattened`: runs whose last-5-round mean moved "
