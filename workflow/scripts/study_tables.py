@@ -96,6 +96,25 @@ def segmentation_table(runs: pd.DataFrame) -> pd.DataFrame:
     return t.join(extra, on=GROUP)
 
 
+def paired_columns(mine: pd.DataFrame, theirs: pd.DataFrame, compared: tuple[str, ...]) -> dict:
+    """``mine - theirs`` of each of ``compared`` paired over the seeds both ran, in points with its 95%
+    t-interval and whether it excludes zero; how many pairs, and the diverged runs of each side."""
+    row = {}
+    for col in compared:
+        diff = paired_difference(dict(zip(mine["seed"], mine[col])), dict(zip(theirs["seed"], theirs[col])))
+        row.update(
+            {
+                f"{col}_diff_pts": 100 * diff.mean,
+                f"{col}_ci_low": 100 * diff.low,
+                f"{col}_ci_high": 100 * diff.high,
+                f"{col}_holds": diff.excludes_zero,
+            }
+        )
+    row["pairs"] = diff.n
+    row["diverged"] = f"{int(mine['diverged'].sum())}/{int(theirs['diverged'].sum())}"
+    return row
+
+
 def comparisons_table(runs: pd.DataFrame, reference: str = "fedunet", compared: tuple[str, ...] = COMPARED) -> pd.DataFrame:
     """For every FedUNet cell and every other method of its experiment: the paired difference
     (FedUNet - X, in points) of each of ``compared`` over the seeds both ran, with its 95% t-interval."""
@@ -111,19 +130,7 @@ def comparisons_table(runs: pd.DataFrame, reference: str = "fedunet", compared: 
                 if theirs["d"].nunique() > 1 or theirs["fusion"].nunique() > 1:
                     continue  # no single configuration of the other method to compare with
                 row = {"experiment": exp, "archset": archset, "alpha": alpha, "d": d, "fusion": fusion, "versus": other}
-                for col in compared:
-                    diff = paired_difference(dict(zip(mine["seed"], mine[col])), dict(zip(theirs["seed"], theirs[col])))
-                    row.update(
-                        {
-                            f"{col}_diff_pts": 100 * diff.mean,
-                            f"{col}_ci_low": 100 * diff.low,
-                            f"{col}_ci_high": 100 * diff.high,
-                            f"{col}_holds": diff.excludes_zero,
-                        }
-                    )
-                row["pairs"] = diff.n
-                row["diverged"] = f"{int(mine['diverged'].sum())}/{int(theirs['diverged'].sum())}"
-                rows.append(row)
+                rows.append({**row, **paired_columns(mine, theirs, compared)})
     return pd.DataFrame(rows)
 
 
@@ -154,18 +161,7 @@ def variants_table(runs: pd.DataFrame, defaults: dict, compared: tuple[str, ...]
                     mine = group[group[option] == value]
                     row = {"experiment": exp, "archset": archset, "alpha": alpha, "method": method, option: value,
                            fixed_option: fixed, "option": option, "reference": reference}  # fmt: skip
-                    for col in compared:
-                        diff = paired_difference(dict(zip(mine["seed"], mine[col])), dict(zip(base["seed"], base[col])))
-                        row.update(
-                            {
-                                f"{col}_diff_pts": 100 * diff.mean,
-                                f"{col}_ci_low": 100 * diff.low,
-                                f"{col}_ci_high": 100 * diff.high,
-                                f"{col}_holds": diff.excludes_zero,
-                            }
-                        )
-                    row["pairs"] = diff.n
-                    row["diverged"] = f"{int(mine['diverged'].sum())}/{int(base['diverged'].sum())}"
+                    row.update(paired_columns(mine, base, compared))
                     row["mb_up_per_client"] = mine["mb_up_per_client"].mean()
                     row["mb_up_per_client_reference"] = base["mb_up_per_client"].mean()
                     rows.append(row)
