@@ -195,6 +195,7 @@ class Study:
             raise StudyError(problems)
         # runs the config asks for, per task (the tables of each task count their own)
         self._planned = dict(collections.Counter(self.task(key) for key in self.runs))
+        self._planned_by_experiment = {e: sum(e in exps for exps in self.runs.values()) for e in cfg["experiments"]}
         self._check_runs()
 
     def finished_only(self, finished) -> Study:
@@ -220,6 +221,11 @@ class Study:
     def planned_by_task(self) -> dict[str, int]:
         """How many runs of each task (classification, segmentation) the config asks for."""
         return dict(self._planned)
+
+    @property
+    def planned_by_experiment(self) -> dict[str, int]:
+        """How many runs each experiment of the config asks for, in the config's order."""
+        return dict(self._planned_by_experiment)
 
     def _canonical_fusion(self, label: str) -> str:
         """A full reading that equals the base config's is named by its mode alone, so that the

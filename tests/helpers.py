@@ -120,7 +120,7 @@ def write_study(workdir: Path, name: str = "smoke.yaml", edit=None) -> Path:
 # every table the smoke study makes (config/smoke.yaml)
 SMOKE_TABLES = [
     f"{name}.{ext}"
-    for name in ("accuracy", "rounds", "communication", "compute", "paper_vs_ours", "comparisons", "variants", "readings", "methods")
+    for name in ("accuracy", "rounds", "communication", "compute", "paper_vs_ours", "comparisons", "variants", "readings", "methods", "progress")
     for ext in ("csv", "md")
 ] + [
     "runs.csv",

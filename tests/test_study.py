@@ -73,6 +73,7 @@ def test_finished_only_keeps_the_finished_runs_and_their_experiments():
     so_far = s.finished_only(lambda k: k in done)
     assert set(so_far.runs) == done and so_far.planned == s.planned == len(s.runs) == 6
     assert so_far.planned_by_task == {"classification": 6}
+    assert so_far.planned_by_experiment == s.planned_by_experiment == {"bottleneck": 4, "homogeneous": 2}
     assert list(so_far.cfg["experiments"]) == ["bottleneck"]  # homogeneous has no finished run
     assert so_far.figure_names()[:2] == ["curves_bottleneck", "bottleneck_tradeoff"]
     assert [r["run"] for r in so_far.run_table()] == sorted(k.path for k in done)

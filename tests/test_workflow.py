@@ -178,6 +178,25 @@ def test_variants_table_pairs_each_setting_with_the_default_of_its_option(monkey
     assert concat["final_global_acc_diff_pts"] == pytest.approx(1.0)
 
 
+def test_progress_table_counts_each_experiments_finished_runs(monkeypatch):
+    """Planned from the config, finished/flattened/diverged from the runs (one run in two experiments
+    counts in both); an experiment with no finished run shows 0 of its planned runs."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    from study_tables import progress_table
+
+    def run(exp, seed, flat, div, method="fedunet"):
+        return {"experiment": exp, "run": f"a/{method}/s{seed}", "archset": "a", "method": method, "d": 64,
+                "fusion": "add", "alpha": "a0.5", "seed": seed, "flattened": flat, "diverged": div}  # fmt: skip
+
+    runs = pd.DataFrame(
+        [run("e1", 0, True, False), run("e1", 1, False, True), run("e1", 0, True, False, "local"), run("e2", 0, True, False)]
+    )
+    t = progress_table(runs, {"e2": 3, "e1": 6, "e3": 2}).set_index("experiment")
+    assert list(t.index) == ["e2", "e1", "e3"]
+    assert t.loc["e1"][["planned", "finished", "flattened", "diverged", "seeds_min", "seeds_max"]].tolist() == [6, 3, 2, 1, 1, 2]
+    assert t.loc["e3"][["planned", "finished", "flattened", "diverged"]].tolist() == [2, 0, 0, 0]
+
+
 def test_every_figure_has_a_report_caption():
     """`snakemake --report` fails on a figure without its caption (workflow/rules/common.smk, figure_output)."""
     from fedunet.study import SUMMARY_FIGURES

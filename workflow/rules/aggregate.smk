@@ -45,7 +45,13 @@ rule aggregate:
     params:
         runs=STUDY.run_table(),
         tables=tables_dir,
-        study={"name": STUDY.name, "config_files": CONFIG_FILES, "defaults": config["defaults"], "planned_runs": STUDY.planned_by_task},
+        study={
+            "name": STUDY.name,
+            "config_files": CONFIG_FILES,
+            "defaults": config["defaults"],
+            "planned_runs": STUDY.planned_by_task,
+            "planned_by_experiment": STUDY.planned_by_experiment,
+        },
     log:
         f"{OUT}/logs/aggregate.log",
     conda:

@@ -50,7 +50,7 @@ SEGMENTATION_TABLES = [f"{OUT}/tables/segmentation_{name}.csv" for name in ("run
 if SEGMENTATION:
     TABLES += [f"{OUT}/tables/segmentation.{ext}" for ext in ("csv", "md")] + SEGMENTATION_TABLES
     TABLES.append(f"{OUT}/tables/segmentation_comparisons.csv")
-TABLES.append(f"{OUT}/tables/provenance.json")
+TABLES += [f"{OUT}/tables/progress.{ext}" for ext in ("csv", "md")] + [f"{OUT}/tables/provenance.json"]
 FIGURES = [f"{OUT}/figures/{name}.{ext}" for name in STUDY.figure_names() for ext in ("png", "pdf")]
 CLASSIFICATION_SUMMARIES = [f"{OUT}/runs/{k.path}/summary.json" for k in CLASSIFICATION]
 # the runs whose examples.npz the segmentation figure shows (written before their summary.json)

@@ -257,6 +257,9 @@ def aggregate(run_table: list[dict], runs_dir: Path, out: Path, costs_path: Path
         frames.append(segmentation_tables(seg_table, seg_loaded, out, study))
     runs = pd.concat(frames, ignore_index=True)
     prov = provenance(runs, study, costs, task=None)
+    if "planned_by_experiment" in study:
+        progress = tables.progress_table(runs, study["planned_by_experiment"])
+        write(progress, out, "progress", md.progress_markdown(progress, prov))
     per_run = {
         r["run"]: {k: r[k] for k in ("commit", "dirty", "device", "torch", "finished")}
         for _, r in runs.drop_duplicates("run").iterrows()

@@ -54,6 +54,11 @@ COMPARISONS_NOTE = (
     "(same partition and seed), in percentage points with a 95% Student-t interval; `*` marks an interval that "
     "excludes zero. `diverged`: runs flagged as diverged, FedUNet/other (they stay in the difference)."
 )
+PROGRESS_NOTE = (
+    "Runs each experiment of the config plans and how many have finished (a summary.json); of those, how many "
+    "flattened (mean of the last 5 evaluated rounds within 0.5 point of the 5 before, both protocols) and how many "
+    "were flagged as diverged. A run shared by two experiments counts in both."
+)
 VARIANTS_NOTE = (
     "Paired differences of final-round accuracy, a method at the row's `d` and `fusion` minus the same method at "
     "the `reference` value of the varied `option` (the study's default), over the seeds both ran (same partition "
@@ -130,6 +135,13 @@ def accuracy_markdown(t: pd.DataFrame, prov: dict) -> str:
 def comparisons_markdown(t: pd.DataFrame, prov: dict) -> str:
     title = "FedUNet against each method (paired over seeds)"
     return markdown(_differences(t, CLASSIFICATION_DIFFERENCES), title, COMPARISONS_NOTE, prov)
+
+
+def progress_markdown(t: pd.DataFrame, prov: dict) -> str:
+    title = "Progress of the study: runs finished per experiment"
+    show = t[["experiment", "planned", "finished", "flattened", "diverged"]].copy()
+    show["seeds per cell"] = [f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in zip(t["seeds_min"], t["seeds_max"])]
+    return markdown(show, title, PROGRESS_NOTE, prov)
 
 
 def variants_markdown(t: pd.DataFrame, prov: dict) -> str:

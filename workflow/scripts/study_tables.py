@@ -4,6 +4,7 @@ DataFrames out.  Nothing here reads or writes a file; ``aggregate.py`` does the 
 
 * ``accuracy_table``: experiment x method x architecture set (x d, fusion, alpha), both
   protocols, final and best round, mean, std and 95% t-interval over seeds;
+* ``progress_table``: per experiment, the runs planned and finished, flattened and diverged;
 * ``comparisons_table``: FedUNet minus every other method of its experiment, paired over seeds;
 * ``variants_table``: each method minus itself at the study's default d or fusion, paired over seeds
   (the d knee, add vs concat, which fusion reading);
@@ -94,6 +95,21 @@ def segmentation_table(runs: pd.DataFrame) -> pd.DataFrame:
         mb_per_round=("mb_per_round", "mean"),
     )
     return t.join(extra, on=GROUP)
+
+
+def progress_table(runs: pd.DataFrame, planned: dict[str, int]) -> pd.DataFrame:
+    """Per experiment of the config (in its order): the runs it plans, how many have finished, and of
+    those how many flattened and diverged; the cells' fewest and most seeds."""
+    finished = runs.groupby("experiment").agg(
+        finished=("run", "nunique"), flattened=("flattened", "sum"), diverged=("diverged", "sum")
+    )
+    seeds = runs.groupby(["experiment", *GROUP[1:]])["seed"].nunique().groupby("experiment").agg(["min", "max"])
+    t = pd.DataFrame({"experiment": list(planned), "planned": list(planned.values())}).set_index("experiment")
+    t = t.join(finished).join(seeds.rename(columns={"min": "seeds_min", "max": "seeds_max"}))
+    t[["finished", "flattened", "diverged", "seeds_min", "seeds_max"]] = (
+        t[["finished", "flattened", "diverged", "seeds_min", "seeds_max"]].fillna(0).astype(int)
+    )
+    return t.reset_index()
 
 
 def paired_columns(mine: pd.DataFrame, theirs: pd.DataFrame, compared: tuple[str, ...]) -> dict:
