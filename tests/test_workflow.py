@@ -197,6 +197,28 @@ def test_progress_table_counts_each_experiments_finished_runs(monkeypatch):
     assert t.loc["e3"][["planned", "finished", "flattened", "diverged"]].tolist() == [2, 0, 0, 0]
 
 
+def test_readings_table_gives_the_bottleneck_drop_with_its_interval(monkeypatch):
+    """Hand-computed: drops of 1, 2 and 3 points within three runs: mean 2, half-width
+    t(2) * 1 / sqrt(3) = 4.303 / 1.732 = 2.484; a cell whose ablation changes nothing has a zero drop."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    from study_tables import diagnostics_table
+
+    def run(reading, seed, acc, ablated):
+        return {"experiment": "readings", "archset": "a", "reading": reading, "method": "fedunet", "seed": seed,
+                "final_pers_acc": acc, "final_global_acc": 0.5, "pers_acc_backbone_only": 0.8, "pers_acc_unet_only": 0.4,
+                "norm_backbone": 1.0, "norm_unet": 0.5, "pers_acc_no_bottleneck": ablated, "diverged": False}  # fmt: skip
+
+    runs = pd.DataFrame(
+        [run("tap", 0, 0.90, 0.89), run("tap", 1, 0.91, 0.89), run("tap", 2, 0.92, 0.89)]
+        + [run("linear", s, 0.9, 0.9) for s in range(3)]
+    )
+    t = diagnostics_table(runs).set_index("reading")
+    assert t.loc["tap", "bottleneck_drop_pts"] == pytest.approx(2.0)
+    low, high = t.loc["tap", "bottleneck_drop_ci_low"], t.loc["tap", "bottleneck_drop_ci_high"]
+    assert (low, high) == pytest.approx((2 - 2.484, 2 + 2.484), abs=1e-3) and not t.loc["tap", "bottleneck_drop_holds"]
+    assert t.loc["linear", "bottleneck_drop_pts"] == pytest.approx(0.0)
+
+
 def test_every_figure_has_a_report_caption():
     """`snakemake --report` fails on a figure without its caption (workflow/rules/common.smk, figure_output)."""
     from fedunet.study import SUMMARY_FIGURES

@@ -71,8 +71,9 @@ READINGS_NOTE = (
     "personalized accuracy with the other path zeroed at the classifier input. Norm ratio: mean L2 norm of the "
     "U-Net's contribution over the backbone's at the classifier input. Bottleneck mean-ablated: personalized accuracy "
     "with the bottleneck's output replaced by its per-channel mean over the client's split, so that nothing "
-    "image-specific passes the block FedUNet shares (both paths kept); the drop from the full model is what the "
-    "block carries. `local` trains the same model without sharing."
+    "image-specific passes the block FedUNet shares (both paths kept); the drop from the full model, taken within "
+    "each run and then over seeds with a 95% Student-t interval (`*`: excludes zero), is what the block carries. "
+    "`local` trains the same model without sharing."
 )
 METHODS_NOTE = (
     "Every method in the heterogeneous experiment, sorted by final global accuracy within each set of client "
@@ -235,6 +236,13 @@ def readings_markdown(t: pd.DataFrame, prov: dict) -> str:
     show["U-Net / backbone norm"] = [
         "-" if pd.isna(u) else f"{u / b:.3f}" for u, b in zip(t["norm_unet_mean"], t["norm_backbone_mean"])
     ]
+    if "bottleneck_drop_pts" in t:
+        show["drop when the bottleneck is mean-ablated (pts, 95% CI)"] = [
+            "-" if math.isnan(m) else f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]{' *' if holds else ''}"
+            for m, lo, hi, holds in zip(
+                t["bottleneck_drop_pts"], t["bottleneck_drop_ci_low"], t["bottleneck_drop_ci_high"], t["bottleneck_drop_holds"]
+            )
+        ]
     return markdown(show, "Fusion readings and whether the U-Net path is used", READINGS_NOTE, prov)
 
 

@@ -271,7 +271,8 @@ def rounds_table(runs: pd.DataFrame, curves: pd.DataFrame, most: int = 8) -> pd.
 
 
 def diagnostics_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """The readings experiment: accuracy with both paths, each path alone, and their norms."""
+    """The readings experiment: accuracy with both paths, each path alone, and their norms; where runs
+    have it, the drop from mean-ablating the bottleneck (paired within each run) with its 95% t-interval."""
     exp = runs[runs["experiment"] == "readings"]
     cols = ["final_pers_acc", "final_global_acc", *DIAGNOSTICS, *[c for c in ABLATIONS if c in exp]]
     by = ["archset", "reading", "method"]
@@ -279,6 +280,13 @@ def diagnostics_table(runs: pd.DataFrame) -> pd.DataFrame:
     t.columns = [f"{a}_{b}" for a, b in t.columns]
     t["seeds"] = exp.groupby(by, sort=True)["seed"].nunique()
     t["diverged"] = exp.groupby(by, sort=True)["diverged"].sum().astype(int)
+    if "pers_acc_no_bottleneck" in exp:  # what the block carries: the drop within each run, over seeds
+        drops = (exp["final_pers_acc"] - exp["pers_acc_no_bottleneck"]).groupby([exp[c] for c in by], sort=True)
+        intervals = drops.agg(lambda v: mean_interval(v.dropna().tolist())).reindex(t.index)
+        t["bottleneck_drop_pts"] = [100 * i.mean for i in intervals]
+        t["bottleneck_drop_ci_low"] = [100 * i.low for i in intervals]
+        t["bottleneck_drop_ci_high"] = [100 * i.high for i in intervals]
+        t["bottleneck_drop_holds"] = [i.excludes_zero for i in intervals]
     return t.reset_index()
 
 
