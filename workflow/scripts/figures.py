@@ -42,11 +42,20 @@ log = logging.getLogger("figures")
 
 
 def save(fig, figures: Path, name: str, footer: str) -> None:
-    fig.text(0.99, -0.02, footer, ha="right", va="top", fontsize=7, color="0.4")
-    for ext in ("png", "pdf"):
-        fig.savefig(figures / f"{name}.{ext}", bbox_inches="tight")
+    """Write the figure as PNG and PDF with ``footer`` under everything, legends placed below an axis included."""
+    fig.text(0.99, min(-0.02, _lowest_legend(fig) - 0.02), footer, ha="right", va="top", fontsize=7, color="0.4")
+    fig.savefig(figures / f"{name}.png", bbox_inches="tight")
+    fig.savefig(figures / f"{name}.pdf", bbox_inches="tight", metadata={"CreationDate": None})  # same figure, same bytes
     plt.close(fig)
     log.info("wrote %s.png and %s.pdf", name, name)
+
+
+def _lowest_legend(fig) -> float:
+    """The lowest edge of the figure's legends, in figure coordinates (0 when none lies below it)."""
+    renderer = fig.canvas.get_renderer()
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes)]
+    edges = [leg.get_window_extent(renderer).transformed(fig.transFigure.inverted()).y0 for leg in legends if leg]
+    return min([0.0, *edges])
 
 
 def label(row: pd.Series, varying: list[str]) -> str:
