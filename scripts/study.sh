@@ -2,7 +2,7 @@
 # Install everything, then make the quick study's tables and figures (Fashion-MNIST, config/quick.yaml).
 #
 #   bash scripts/study.sh            # regenerate tables + figures from the committed runs: seconds, no training
-#   bash scripts/study.sh --retrain  # retrain every run from scratch into retrained/quick/ (about an hour on 2 CPU cores),
+#   bash scripts/study.sh --retrain  # retrain every run from scratch into retrained/quick/ (under 30 minutes on 2 CPU cores),
 #                                    # leaving the committed results/quick/ untouched
 #
 # Other arguments go to snakemake (e.g. --configfile config/smoke.yaml for the one-minute synthetic study).
