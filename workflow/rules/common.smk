@@ -19,22 +19,6 @@ if config.get("finished_only"):  # tables and figures of the runs finished so fa
         STUDY = STUDY.finished_only(lambda k: os.path.exists(f"{OUT}/runs/{k.path}/summary.json"))
     except StudyError as e:
         raise WorkflowError(str(e)) from None
-# Finished runs trained with another config than the study asks for now stop the workflow: a committed
-# run is never retrained for its file times, and snakemake's params trigger needs metadata that a fresh
-# clone lacks, so a changed config would otherwise leave the old runs in the tables. Their directories
-# are listed in a file, to be removed (and so retrained) on purpose.
-STALE = sorted(k for k in STUDY.runs if STUDY.stale(k))
-if STALE:
-    listing = f"{OUT}/logs/stale-runs.txt"
-    os.makedirs(os.path.dirname(listing), exist_ok=True)
-    with open(listing, "w") as f:
-        f.writelines(f"{OUT}/runs/{k.path}\n" for k in STALE)
-    shown = ", ".join(k.path for k in STALE[:3]) + (f" and {len(STALE) - 3} more" if len(STALE) > 3 else "")
-    raise WorkflowError(
-        f"{len(STALE)} finished run(s) of study {STUDY.name} were trained with another config than it asks for "
-        f"now (their run.yaml differs): {shown}; all listed in {listing}. Restore the config they were trained "
-        f"with, or remove them to retrain them: xargs rm -r < {listing}"
-    )
 RUN = "{archset}/{method}/d{d}-{fusion}-{alpha}/seed{seed}"
 ENV = "../envs/fedunet.yaml"  # the conda environment of every rule, relative to workflow/rules/
 

@@ -1,8 +1,7 @@
 # One federated training run per grid point, through the fedunet CLI.  The run's whole config is
-# a param, written to run.yaml; file times never rerun a job, so a fresh clone does not retrain
-# committed runs, and a finished run whose run.yaml differs from its config now stops the workflow
-# (common.smk, STALE).  A killed job resumes from its last checkpoint when rerun (the CLI discards a
-# checkpoint of another config).
+# a param: changing it reruns the job (the CLI then discards the stale checkpoint), while file
+# times never do, so a fresh clone does not retrain committed runs.  A killed job resumes from
+# its last checkpoint when rerun.
 
 
 rule train:
