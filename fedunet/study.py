@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
+import yaml
 
 from fedunet import config as run_config_schema
 from fedunet import methods, models
@@ -251,6 +252,16 @@ class Study:
                         problems.append(msg)
         if problems:
             raise StudyError(problems)
+
+    def stale(self, key: RunKey) -> bool:
+        """Whether the finished run of ``key`` was trained with another config than the study now asks
+        for: its ``run.yaml`` (the config it was trained with, written by the train rule) differs from
+        :meth:`run_config`. File times never retrain a committed run, so this is what keeps a changed
+        config from silently leaving old runs in the tables. A run without both files is not stale."""
+        run = Path(self.out) / "runs" / key.path
+        if not ((run / "summary.json").exists() and (run / "run.yaml").exists()):
+            return False
+        return yaml.safe_load((run / "run.yaml").read_text()) != self.run_config(key)
 
     def run_config(self, key: RunKey) -> dict:
         """The run's configuration (base settings plus its grid point), as given to ``fedunet train``."""

@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from fedunet import methods, models, study
 from fedunet.config import load_yaml
@@ -85,6 +86,23 @@ def test_finished_only_keeps_the_finished_runs_and_their_experiments():
 def test_footers_say_finished_so_far_only_for_a_partial_study():
     assert finished_so_far(30, 30) == "" and finished_so_far(30, 12) == ""
     assert finished_so_far(16, 165) == " (the runs finished so far, of 165 planned)"
+
+
+def test_a_finished_run_trained_with_another_config_is_stale(tmp_path):
+    """run.yaml (what the run was trained with) against the config the study asks for now; a run
+    without a summary or a run.yaml is never stale."""
+    s = Study({**study_cfg(), "results": str(tmp_path)})
+    key = sorted(s.runs)[0]
+    run = tmp_path / "t" / "runs" / key.path
+    run.mkdir(parents=True)
+    (run / "run.yaml").write_text(yaml.safe_dump(s.run_config(key), sort_keys=True))
+    assert not s.stale(key)  # no summary.json yet: in flight
+    (run / "summary.json").write_text("{}")
+    assert not s.stale(key)
+    changed = Study({**study_cfg(), "results": str(tmp_path), "base": {**study_cfg()["base"], "model": {"width": 0.5}}})
+    assert changed.stale(key)
+    (run / "run.yaml").unlink()
+    assert not changed.stale(key)
 
 
 def test_partition_files_are_named_by_their_settings():

@@ -219,6 +219,29 @@ def test_readings_table_gives_the_bottleneck_drop_with_its_interval(monkeypatch)
     assert t.loc["linear", "bottleneck_drop_pts"] == pytest.approx(0.0)
 
 
+def test_a_run_trained_with_another_config_stops_the_workflow(tmp_path):
+    """A finished run whose run.yaml is not what the study asks for now (a config changed after it
+    was committed) and of which snakemake has no record (a fresh clone) stops even a dry run, names
+    the run and lists it for removal; restored, it passes. Where snakemake has the record it reruns
+    the run instead: test_changed_settings_rerun_exactly_the_affected_jobs."""
+    cfg = write_study(tmp_path)
+    study = Study(yaml.safe_load(cfg.read_text()))
+    key = sorted(study.runs)[0]
+    run = tmp_path / study.out / "runs" / key.path
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+    (run / "run.yaml").write_text(yaml.safe_dump({**study.run_config(key), "seed": 99}))
+    r = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(cfg))
+    assert r.returncode != 0
+    assert "1 finished run(s) of study smoke were trained with another config than it asks for now (their run.yaml differs) and snakemake has no record" in r.stdout + r.stderr
+    assert key.path in r.stdout + r.stderr
+    listing = tmp_path / study.out / "logs" / "stale-runs.txt"
+    assert listing.read_text().split() == [f"{study.out}/runs/{key.path}"]
+    (run / "run.yaml").write_text(yaml.safe_dump(study.run_config(key)))
+    r = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(cfg))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+
+
 def test_every_figure_has_a_report_caption():
     """`snakemake --report` fails on a figure without its caption (workflow/rules/common.smk, figure_output)."""
     from fedunet.study import SUMMARY_FIGURES

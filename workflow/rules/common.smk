@@ -1,5 +1,6 @@
 # What the rules share: the study grid, its paths, resources, and every helper function
 # (rule files hold rules only).
+import base64
 import os
 import sys
 
@@ -19,6 +20,35 @@ if config.get("finished_only"):  # tables and figures of the runs finished so fa
         STUDY = STUDY.finished_only(lambda k: os.path.exists(f"{OUT}/runs/{k.path}/summary.json"))
     except StudyError as e:
         raise WorkflowError(str(e)) from None
+
+
+def snakemake_recorded(path):
+    """Whether snakemake has a metadata record of ``path`` (its default file persistence, under
+    .snakemake/metadata): where it has one, its params trigger reruns a job whose config changed."""
+    b64 = base64.urlsafe_b64encode(path.encode()).decode()
+    parts = [b64[i : i + 254] for i in range(0, len(b64), 254)]  # long names split as snakemake does
+    return os.path.exists(os.path.join(".snakemake", "metadata", *["@" + p for p in parts[:-1]], parts[-1]))
+
+
+# A finished run trained with another config than the study asks for now, of which snakemake has no
+# record (a fresh clone: committed runs are never retrained for their file times), would stay in the
+# tables unnoticed: it stops the workflow, even a dry run. Its directory is listed in a file, to be
+# removed (and so retrained) on purpose. Where snakemake has the record, it reruns the run itself.
+STALE = sorted(
+    k for k in STUDY.runs if STUDY.stale(k) and not snakemake_recorded(f"{OUT}/runs/{k.path}/summary.json")
+)
+if STALE:
+    listing = f"{OUT}/logs/stale-runs.txt"
+    os.makedirs(os.path.dirname(listing), exist_ok=True)
+    with open(listing, "w") as f:
+        f.writelines(f"{OUT}/runs/{k.path}\n" for k in STALE)
+    shown = ", ".join(k.path for k in STALE[:3]) + (f" and {len(STALE) - 3} more" if len(STALE) > 3 else "")
+    raise WorkflowError(
+        f"{len(STALE)} finished run(s) of study {STUDY.name} were trained with another config than it asks for "
+        f"now (their run.yaml differs) and snakemake has no record of them, so it would keep them: {shown}; all "
+        f"listed in {listing}. Restore the config they were trained with, or remove them to retrain them: "
+        f"xargs rm -r < {listing}"
+    )
 RUN = "{archset}/{method}/d{d}-{fusion}-{alpha}/seed{seed}"
 ENV = "../envs/fedunet.yaml"  # the conda environment of every rule, relative to workflow/rules/
 

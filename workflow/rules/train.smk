@@ -1,7 +1,8 @@
 # One federated training run per grid point, through the fedunet CLI.  The run's whole config is
-# a param: changing it reruns the job (the CLI then discards the stale checkpoint), while file
-# times never do, so a fresh clone does not retrain committed runs.  A killed job resumes from
-# its last checkpoint when rerun.
+# a param, written to run.yaml: changing it reruns the job where snakemake recorded it, while file
+# times never do, so a fresh clone does not retrain committed runs; there, a finished run whose
+# run.yaml differs from its config now stops the workflow (common.smk, STALE).  A killed job resumes
+# from its last checkpoint when rerun (the CLI discards a checkpoint of another config).
 
 
 rule train:
