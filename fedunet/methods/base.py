@@ -155,6 +155,15 @@ def clip_gradients(client: Client, modules: list[torch.nn.Module], max_norm: flo
     client.optimizer.register_step_pre_hook(clip)
 
 
+def receive_per_class(client: Client, name: str, table: Tensor, present: Tensor) -> None:
+    """Store a global per-class table (prototypes, mean logits) as ``client.state[name]`` with which
+    classes have a row (``present``); ``present`` arrives on the host, where whether any class has
+    one (``any_present``) is read once per round instead of at every step."""
+    client.state[name] = table.float().to(client.device)
+    client.state["present"] = present.to(client.device)
+    client.state["any_present"] = bool(present.any())
+
+
 class StateSharing(Method):
     """Share every model tensor whose name starts with ``prefix``; FedAvg them on the server.
 
@@ -275,11 +284,8 @@ class PrototypeMethod(Method):
         return loss
 
     def receive_prototypes(self, client: Client, protos: Tensor, present: Tensor) -> None:
-        """Store the global prototypes and which classes have one; ``present`` arrives on the host,
-        where whether any class has one is read once per round instead of at every step."""
-        client.state["protos"] = protos.float().to(client.device)
-        client.state["present"] = present.to(client.device)
-        client.state["any_present"] = bool(present.any())
+        """Store the global prototypes and which classes have one (see :func:`receive_per_class`)."""
+        receive_per_class(client, "protos", protos, present)
 
     def predict(self, client: Client, x: Tensor) -> Tensor:
         if self.hp.get("inference") == "prototype" and client.state["any_present"]:

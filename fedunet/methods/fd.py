@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from fedunet.methods import register
-from fedunet.methods.base import Method, Upload
+from fedunet.methods.base import Method, Upload, receive_per_class
 from fedunet.serialization import PayloadError
 
 
@@ -94,7 +94,4 @@ class FedDistill(Method):
         return {"logits": mean, "counts": counts}, {}
 
     def download(self, client, message):
-        client.state["global_logits"] = message["logits"].float().to(client.device)
-        present = message["counts"] > 0
-        client.state["present"] = present.to(client.device)
-        client.state["any_present"] = bool(present.any())
+        receive_per_class(client, "global_logits", message["logits"], message["counts"] > 0)
