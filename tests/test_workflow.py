@@ -58,6 +58,16 @@ def test_footer_says_when_a_table_holds_only_the_runs_finished_so_far(monkeypatc
     assert "from 30 runs (the runs finished so far, of 165 planned)" in _footer({**prov, "planned_runs": 165})
 
 
+def test_intervals_are_shown_with_their_mark_and_a_single_seed_gets_none(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    from study_markdown import interval_text
+
+    assert interval_text(-0.68, -1.05, -0.31, True) == "-0.68 [-1.05, -0.31] *"
+    assert interval_text(0.2, -0.4, 0.84, False) == "+0.20 [-0.40, +0.84]"
+    assert interval_text(0.47, -math.inf, math.inf, False) == "+0.47 (one seed: no interval)"
+    assert interval_text(math.nan, math.nan, math.nan, False) == "-"
+
+
 def test_paper_vs_ours_puts_our_value_beside_each_claim(monkeypatch):
     """Accuracy claims read only FedUNet on VGG11/13/16/19 at the default fusion and alpha, each run
     once; byte claims and the saving come from the costs of the U-Net we build."""

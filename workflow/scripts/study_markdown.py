@@ -163,6 +163,16 @@ SEGMENTATION_DIFFERENCES = (
 )
 
 
+def interval_text(m: float, lo: float, hi: float, holds: bool) -> str:
+    """A difference with its 95% interval, ``*`` when the interval excludes zero; "-" without a value, and
+    "(one seed: no interval)" where a single seed leaves the interval unbounded."""
+    if math.isnan(m):
+        return "-"
+    if math.isinf(lo) or math.isinf(hi):
+        return f"{m:+.2f} (one seed: no interval)"
+    return f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]{' *' if holds else ''}"
+
+
 COMPARISON_KEYS = ["experiment", "archset", "alpha", "d", "fusion", "versus", "pairs", "diverged"]
 
 
@@ -171,7 +181,7 @@ def _differences(t: pd.DataFrame, columns: tuple, keys: list[str] = COMPARISON_K
     show = t[keys].copy()
     for col, label in columns:
         show[f"{what}, {label} (pts, 95% CI)"] = [
-            "-" if math.isnan(m) else f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]{' *' if holds else ''}"
+            interval_text(m, lo, hi, holds)
             for m, lo, hi, holds in zip(t[f"{col}_diff_pts"], t[f"{col}_ci_low"], t[f"{col}_ci_high"], t[f"{col}_holds"])
         ]
     return show
@@ -238,7 +248,7 @@ def readings_markdown(t: pd.DataFrame, prov: dict) -> str:
     ]
     if "bottleneck_drop_pts" in t:
         show["drop when the bottleneck is mean-ablated (pts, 95% CI)"] = [
-            "-" if math.isnan(m) else f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]{' *' if holds else ''}"
+            interval_text(m, lo, hi, holds)
             for m, lo, hi, holds in zip(
                 t["bottleneck_drop_pts"], t["bottleneck_drop_ci_low"], t["bottleneck_drop_ci_high"], t["bottleneck_drop_holds"]
             )
