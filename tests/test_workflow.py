@@ -205,6 +205,18 @@ def test_progress_table_counts_each_experiments_finished_runs(monkeypatch):
     assert list(t.index) == ["e2", "e1", "e3"]
     assert t.loc["e1"][["planned", "finished", "flattened", "diverged", "seeds_min", "seeds_max"]].tolist() == [6, 3, 2, 1, 1, 2]
     assert t.loc["e3"][["planned", "finished", "flattened", "diverged"]].tolist() == [2, 0, 0, 0]
+    asked = progress_table(runs, {"e2": 3, "e1": 6}, {"e1": "does it\n  help?"}).set_index("experiment")
+    assert asked["question"].tolist() == ["", "does it help?"]  # the description, on one line
+
+
+def test_verdicts_say_what_the_intervals_show_and_claim_nothing_from_fewer_than_3_seeds(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    from study_markdown import verdict
+
+    assert verdict({"personalized": (0.2, False), "global": (-0.1, False)}, 3) == "no difference shown"
+    assert verdict({"personalized": (0.2, False), "global": (-0.68, True)}, 3) == "personalized: no difference shown; global: lower"
+    assert verdict({"personalized": (1.5, True), "global": (2.0, True)}, 5) == "higher"
+    assert verdict({"personalized": (1.5, True), "global": (2.0, True)}, 2) == "too few seeds (2)"
 
 
 def test_readings_table_gives_the_bottleneck_drop_with_its_interval(monkeypatch):

@@ -51,6 +51,7 @@ rule aggregate:
             "defaults": config["defaults"],
             "planned_runs": STUDY.planned_by_task,
             "planned_by_experiment": STUDY.planned_by_experiment,
+            "questions": {e: spec.get("description", "") for e, spec in config["experiments"].items()},
         },
     log:
         f"{OUT}/logs/aggregate.log",

@@ -258,7 +258,7 @@ def aggregate(run_table: list[dict], runs_dir: Path, out: Path, costs_path: Path
     runs = pd.concat(frames, ignore_index=True)
     prov = provenance(runs, study, costs, task=None)
     if "planned_by_experiment" in study:
-        progress = tables.progress_table(runs, study["planned_by_experiment"])
+        progress = tables.progress_table(runs, study["planned_by_experiment"], study.get("questions"))
         write(progress, out, "progress", md.progress_markdown(progress, prov))
     per_run = {
         r["run"]: {k: r[k] for k in ("commit", "dirty", "device", "torch", "finished")}

@@ -52,7 +52,10 @@ ACCURACY_NOTE = (
 COMPARISONS_NOTE = (
     "Paired differences of final-round accuracy, FedUNet minus the method in `versus`, over the seeds both ran "
     "(same partition and seed), in percentage points with a 95% Student-t interval; `*` marks an interval that "
-    "excludes zero. `diverged`: runs flagged as diverged, FedUNet/other (they stay in the difference)."
+    "excludes zero. `diverged`: runs flagged as diverged, FedUNet/other (they stay in the difference). "
+    "`verdict`: FedUNet higher or lower where the interval excludes zero, \"no difference shown\" where it does "
+    "not (not a proof of equality: the interval says how large a difference stays possible), no claim from "
+    "fewer than 3 pairs; not corrected for the many rows compared."
 )
 PROGRESS_NOTE = (
     "Runs each experiment of the config plans and how many have finished (a summary.json); of those, how many "
@@ -64,7 +67,9 @@ VARIANTS_NOTE = (
     "the `reference` value of the varied `option` (the study's default), over the seeds both ran (same partition "
     "and seed), in percentage points with a 95% Student-t interval; `*` marks an interval that excludes zero. "
     "`diverged`: runs flagged as diverged, this setting/reference. MB up: serialized payload per client per round, "
-    "this setting vs reference."
+    "this setting vs reference. `verdict`: the setting higher or lower where the interval excludes zero, "
+    "\"no difference shown\" where it does not, no claim from fewer than 3 pairs; not corrected for the many "
+    "rows compared."
 )
 READINGS_NOTE = (
     "Fusion readings (`mode-source-head`, see the README): final round, mean ± std over seeds. Each path alone: "
@@ -135,12 +140,12 @@ def accuracy_markdown(t: pd.DataFrame, prov: dict) -> str:
 
 def comparisons_markdown(t: pd.DataFrame, prov: dict) -> str:
     title = "FedUNet against each method (paired over seeds)"
-    return markdown(_differences(t, CLASSIFICATION_DIFFERENCES), title, COMPARISONS_NOTE, prov)
+    return markdown(_differences(t, CLASSIFICATION_DIFFERENCES, verdicts=True), title, COMPARISONS_NOTE, prov)
 
 
 def progress_markdown(t: pd.DataFrame, prov: dict) -> str:
     title = "Progress of the study: runs finished per experiment"
-    show = t[["experiment", "planned", "finished", "flattened", "diverged"]].copy()
+    show = t[["experiment", *(["question"] if "question" in t else []), "planned", "finished", "flattened", "diverged"]].copy()
     show["seeds per cell"] = [f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in zip(t["seeds_min"], t["seeds_max"])]
     return markdown(show, title, PROGRESS_NOTE, prov)
 
@@ -148,7 +153,7 @@ def progress_markdown(t: pd.DataFrame, prov: dict) -> str:
 def variants_markdown(t: pd.DataFrame, prov: dict) -> str:
     title = "Each method against itself at the default d or fusion (paired over seeds)"
     keys = ["experiment", "archset", "alpha", "method", "option", "d", "fusion", "reference", "pairs", "diverged"]
-    show = _differences(t, CLASSIFICATION_DIFFERENCES, keys, "setting - reference")
+    show = _differences(t, CLASSIFICATION_DIFFERENCES, keys, "setting - reference", verdicts=True)
     mb = zip(t["mb_up_per_client"], t["mb_up_per_client_reference"])
     show["MB up (setting vs reference)"] = [f"{a:.4g} vs {b:.4g}" for a, b in mb]
     return markdown(show, title, VARIANTS_NOTE, prov)
@@ -176,15 +181,33 @@ def interval_text(m: float, lo: float, hi: float, holds: bool) -> str:
 COMPARISON_KEYS = ["experiment", "archset", "alpha", "d", "fusion", "versus", "pairs", "diverged"]
 
 
-def _differences(t: pd.DataFrame, columns: tuple, keys: list[str] = COMPARISON_KEYS, what: str = "FedUNet - X") -> pd.DataFrame:
-    """A table of paired differences shown: one "<what>, <label> (pts, 95% CI)" column per ``(column, label)``."""
+def _differences(
+    t: pd.DataFrame, columns: tuple, keys: list[str] = COMPARISON_KEYS, what: str = "FedUNet - X", verdicts: bool = False
+) -> pd.DataFrame:
+    """A table of paired differences shown: one "<what>, <label> (pts, 95% CI)" column per ``(column, label)``,
+    with ``verdicts`` a last column saying in words what the intervals show (:func:`verdict`)."""
     show = t[keys].copy()
     for col, label in columns:
         show[f"{what}, {label} (pts, 95% CI)"] = [
             interval_text(m, lo, hi, holds)
             for m, lo, hi, holds in zip(t[f"{col}_diff_pts"], t[f"{col}_ci_low"], t[f"{col}_ci_high"], t[f"{col}_holds"])
         ]
+    if verdicts:
+        show["verdict"] = [verdict({label: (r[f"{col}_diff_pts"], r[f"{col}_holds"]) for col, label in columns}, r["pairs"])
+                           for _, r in t.iterrows()]
     return show
+
+
+def verdict(differences: dict[str, tuple[float, bool]], pairs: int) -> str:
+    """In words, what paired differences show: ``{protocol: (difference, interval excludes zero)}`` over
+    ``pairs`` seeds. Fewer than 3 pairs make no claim (the study's rule: 3 seeds for any claim); an interval
+    across zero is "no difference shown", which is not "equal": its width is in the row."""
+    if pairs < 3:
+        return f"too few seeds ({pairs})"
+    words = {p: ("higher" if m > 0 else "lower") if holds else "no difference shown" for p, (m, holds) in differences.items()}
+    if len(set(words.values())) == 1:
+        return next(iter(words.values()))
+    return "; ".join(f"{p}: {w}" for p, w in words.items())
 
 
 # what the note says of each dataset a segmentation table can hold

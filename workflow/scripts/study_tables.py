@@ -97,14 +97,18 @@ def segmentation_table(runs: pd.DataFrame) -> pd.DataFrame:
     return t.join(extra, on=GROUP)
 
 
-def progress_table(runs: pd.DataFrame, planned: dict[str, int]) -> pd.DataFrame:
-    """Per experiment of the config (in its order): the runs it plans, how many have finished, and of
-    those how many flattened and diverged; the cells' fewest and most seeds."""
+def progress_table(runs: pd.DataFrame, planned: dict[str, int], questions: dict[str, str] | None = None) -> pd.DataFrame:
+    """Per experiment of the config (in its order): the question it asks (its ``description``, given as
+    ``questions``), the runs it plans, how many have finished, and of those how many flattened and
+    diverged; the cells' fewest and most seeds."""
     finished = runs.groupby("experiment").agg(
         finished=("run", "nunique"), flattened=("flattened", "sum"), diverged=("diverged", "sum")
     )
     seeds = runs.groupby(["experiment", *GROUP[1:]])["seed"].nunique().groupby("experiment").agg(["min", "max"])
-    t = pd.DataFrame({"experiment": list(planned), "planned": list(planned.values())}).set_index("experiment")
+    t = pd.DataFrame({"experiment": list(planned), "planned": list(planned.values())})
+    if questions is not None:
+        t.insert(1, "question", [" ".join(questions.get(e, "").split()) for e in planned])
+    t = t.set_index("experiment")
     t = t.join(finished).join(seeds.rename(columns={"min": "seeds_min", "max": "seeds_max"}))
     t[["finished", "flattened", "diverged", "seeds_min", "seeds_max"]] = (
         t[["finished", "flattened", "diverged", "seeds_min", "seeds_max"]].fillna(0).astype(int)
