@@ -213,6 +213,25 @@ class Study:
         out.cfg = {**self.cfg, "experiments": {e: v for e, v in self.cfg["experiments"].items() if e in experiments}}
         return out
 
+    def summaries_of(self, spec: str) -> list[str]:
+        """The summary files (snakemake targets) of one experiment's runs, ``spec`` being its name, or
+        ``name:method,method`` for the runs of those methods only (to train the comparison that
+        matters first, e.g. ``readings:fedunet,local``). An unknown experiment or method is an error
+        naming the allowed values."""
+        name, _, listed = spec.partition(":")
+        experiments = self.cfg["experiments"]
+        if name not in experiments:
+            raise StudyError([f"experiment {name!r} is not in study {self.name}; allowed: {', '.join(experiments)}"])
+        keys = [k for k, exps in sorted(self.runs.items()) if name in exps]
+        if listed:
+            methods = listed.split(",")
+            allowed = sorted({k.method for k in keys})
+            unknown = [m for m in methods if m not in allowed]
+            if unknown:
+                raise StudyError([f"experiment {name!r} has no method {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}"])
+            keys = [k for k in keys if k.method in methods]
+        return [f"{self.out}/runs/{k.path}/summary.json" for k in keys]
+
     @property
     def planned(self) -> int:
         """How many runs the config asks for (restricted or not)."""

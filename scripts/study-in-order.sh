@@ -2,6 +2,8 @@
 # Produce a long study incrementally, one experiment after another, so that whatever a stopped
 # session leaves behind is a set of finished experiments, not a scatter of cells:
 #   setsid nohup bash scripts/study-in-order.sh config/fmnist.yaml readings homogeneous ... &
+# An experiment named NAME:METHOD,METHOD trains only those methods' runs of it (the comparison that
+# matters first; name the experiment again later for the rest), e.g. readings:fedunet,local readings.
 # Each experiment's training runs are snakemake targets (finished runs are never retrained; an
 # interrupted run resumes from its checkpoint). With no experiment named, every experiment of the
 # config runs in its own order. Tables and figures are made at the end; at any time before, those of
@@ -20,17 +22,19 @@ fi
 study=$($PY -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['study'])" "$config")
 mkdir -p "results/$study/logs"
 log="results/$study/logs/in-order.log"
-for exp in "${experiments[@]}"; do
-  mapfile -t targets < <($PY - "$config" "$exp" <<'PY'
+targets_of() {  # the summary files of one experiment (NAME or NAME:METHOD,METHOD); exits on a bad name
+  $PY - "$config" "$1" <<'PY'
 import sys, yaml
-from fedunet.study import Study
-cfg = yaml.safe_load(open(sys.argv[1]))
-study = Study(cfg)
-for key, exps in sorted(study.runs.items()):
-    if sys.argv[2] in exps:
-        print(f"{study.out}/runs/{key.path}/summary.json")
+from fedunet.study import Study, StudyError
+try:
+    print("\n".join(Study(yaml.safe_load(open(sys.argv[1]))).summaries_of(sys.argv[2])))
+except StudyError as e:
+    sys.exit(str(e))
 PY
-)
+}
+for exp in "${experiments[@]}"; do targets_of "$exp" > /dev/null; done  # every name checked before any training
+for exp in "${experiments[@]}"; do
+  mapfile -t targets < <(targets_of "$exp")
   echo "[$(date -u +%FT%TZ)] experiment $exp: ${#targets[@]} runs" | tee -a "$log"
   "$SMK" --cores all --configfile "$config" --keep-going --rerun-incomplete "${targets[@]}" >> "$log" 2>&1 \
     || echo "[$(date -u +%FT%TZ)] experiment $exp: some runs failed (see $log)" | tee -a "$log"

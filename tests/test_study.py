@@ -229,3 +229,15 @@ def test_a_segmentation_experiment_is_checked_like_any_run():
     with pytest.raises(StudyError) as err:
         Study(cfg)
     assert "experiment seg" in str(err.value) and "method: 'fedproto' has no per-pixel version" in str(err.value)
+
+
+def test_summaries_of_an_experiment_or_of_some_of_its_methods():
+    s = Study(study_cfg(cmp={"methods": ["fedunet", "local", "fedavg"], "architectures": ["cnn"]}, other={}))
+    every = s.summaries_of("cmp")
+    assert len(every) == 3 * 2 and all(p.startswith("results/t/runs/cnn/") and p.endswith("/summary.json") for p in every)
+    some = s.summaries_of("cmp:fedunet,local")
+    assert len(some) == 4 and not any("/fedavg/" in p for p in some) and set(some) < set(every)
+    with pytest.raises(StudyError, match="experiment 'nope' is not in study t; allowed: cmp, other"):
+        s.summaries_of("nope")
+    with pytest.raises(StudyError, match="experiment 'cmp' has no method 'fml'; allowed: fedavg, fedunet, local"):
+        s.summaries_of("cmp:fedunet,fml")
