@@ -104,9 +104,7 @@ def build(cfg: dict, rt: Runtime) -> Population:
 
 def model_specs(cfg: dict, dataset: ImageDataset) -> list[ModelSpec]:
     m = cfg["model"]
-    attach = m["unet"]["attach"]
-    if attach == "auto":
-        attach = methods.get(cfg["method"]).attach_unet
+    attach = methods.attaches_unet(cfg["method"], m["unet"]["attach"])
     archs = m["architectures"]
     # what a client's model is made of in either task; clients cycle through the architectures
     common = [

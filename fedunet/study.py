@@ -176,7 +176,7 @@ class Study:
                 continue
             for archset in grid["architectures"]:
                 for method in grid["methods"]:
-                    attach = methods.get(method).attach_unet if base_attach == "auto" else base_attach
+                    attach = methods.attaches_unet(method, base_attach)
                     ds, fusions = (grid["d"], grid["fusion"]) if attach else ([defaults["d"][0]], [defaults["fusion"][0]])
                     for d in ds:
                         for fusion in fusions:

@@ -188,6 +188,27 @@ def test_variants_table_pairs_each_setting_with_the_default_of_its_option(monkey
     assert concat["final_global_acc_diff_pts"] == pytest.approx(1.0)
 
 
+def test_comparisons_pair_fedunet_with_a_unet_method_at_the_same_reading_only(monkeypatch):
+    """FedUNet at two readings; fedunet-unet (a U-Net) ran only the first, FedAvg (no U-Net) only its
+    default: FedUNet's second reading is compared with FedAvg, never with fedunet-unet's other reading."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    from study_tables import comparisons_table
+
+    def run(method, fusion, seed, pers, unet=True):
+        return {"experiment": "e", "archset": "a", "method": method, "d": 64, "fusion": fusion, "alpha": "a0.5",
+                "seed": seed, "final_pers_acc": pers, "final_global_acc": pers, "diverged": False, "unet": unet}  # fmt: skip
+
+    runs = pd.DataFrame(
+        [run("fedunet", f, s, 0.80 + 0.01 * s) for f in ("add", "add-bottleneck-linear") for s in (0, 1, 2)]
+        + [run("fedunet-unet", "add", s, 0.70) for s in (0, 1, 2)]
+        + [run("fedavg", "add", s, 0.60, unet=False) for s in (0, 1, 2)]
+    )
+    t = comparisons_table(runs).set_index(["fusion", "versus"])
+    assert sorted(t.index) == [("add", "fedavg"), ("add", "fedunet-unet"), ("add-bottleneck-linear", "fedavg")]
+    assert t.loc[("add-bottleneck-linear", "fedavg"), "final_pers_acc_diff_pts"] == pytest.approx(21.0)
+    assert t.loc[("add", "fedunet-unet"), "pairs"] == 3
+
+
 def test_progress_table_counts_each_experiments_finished_runs(monkeypatch):
     """Planned from the config, finished/flattened/diverged from the runs (one run in two experiments
     counts in both); an experiment with no finished run shows 0 of its planned runs."""

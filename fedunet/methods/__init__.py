@@ -26,5 +26,11 @@ def get(name: str) -> type[Method]:
     return REGISTRY.get(name)
 
 
+def attaches_unet(method: str, attach: str | bool = "auto") -> bool:
+    """Whether a run of ``method`` has a U-Net: ``model.unet.attach``, where ``auto`` follows the method
+    (FedAvg and the prototype methods train the plain backbone)."""
+    return get(method).attach_unet if attach == "auto" else bool(attach)
+
+
 def create(cfg: dict) -> Method:
     return get(cfg["method"])(cfg)

@@ -31,6 +31,7 @@ import study_markdown as md
 import study_tables as tables
 from study_tables import SEGMENTATION_COMPARED, SEGMENTATION_METRICS
 
+from fedunet import methods
 from fedunet import summary as run_summary
 from fedunet.metrics import LossReference
 from fedunet.stats import flattened
@@ -99,6 +100,7 @@ def _row(entry: dict, files: dict, scores: dict, protocols: tuple[str, str]) -> 
         **entry,
         "rounds": s["rounds"],
         "reading": _reading(s["config"]["model"]),
+        "unet": methods.attaches_unet(s["config"]["method"], s["config"]["model"]["unet"]["attach"]),
         **scores,
         "diverged": f["diverged"],
         "flattened": f["flattened"],

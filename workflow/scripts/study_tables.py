@@ -146,7 +146,12 @@ def comparisons_table(runs: pd.DataFrame, reference: str = "fedunet", compared: 
             for other in sorted(set(cell["method"]) - {reference}):
                 theirs = cell[cell["method"] == other]
                 same = theirs[(theirs["d"] == d) & (theirs["fusion"] == fusion)]
-                theirs = same if len(same) else theirs[theirs["fusion"] == theirs["fusion"].iloc[0]]
+                if len(same):
+                    theirs = same
+                elif theirs["unet"].any():
+                    continue  # a method with a U-Net is compared at the same d and reading only
+                else:  # no U-Net (FedAvg, the prototype methods...): d and fusion do not apply to it
+                    theirs = theirs[theirs["fusion"] == theirs["fusion"].iloc[0]]
                 if theirs["d"].nunique() > 1 or theirs["fusion"].nunique() > 1:
                     continue  # no single configuration of the other method to compare with
                 row = {"experiment": exp, "archset": archset, "alpha": alpha, "d": d, "fusion": fusion, "versus": other}
