@@ -16,7 +16,12 @@
 #   bash scripts/device-check.sh                  # on the GPU machine; commit benchmarks/results/ afterwards
 #   bash scripts/device-check.sh --dry            # CI: tiny sizes on CPU, into a temporary folder (cannot rot)
 #   bash scripts/device-check.sh --skip-install   # the .venv is already there
-# Options: --out DIR (default benchmarks/results; --dry: a temporary folder), --budget SECONDS (480).
+#   bash scripts/device-check.sh --python "$(command -v python3)"   # an offline GPU machine whose python3
+#       already has torch (a cluster module, a vendor image): installs nothing, imports fedunet from this
+#       checkout; a missing pure-Python dependency (jsonschema) goes on PYTHONPATH beforehand
+# Options: --out DIR (default benchmarks/results; --dry: a temporary folder), --budget SECONDS (480),
+#          --python PATH (use this interpreter instead of .venv; implies --skip-install).
+# Provenance: without a .git folder (a copied checkout), set FEDUNET_GIT_COMMIT to the commit copied.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -24,13 +29,16 @@ dry=0
 install=1
 out=""
 budget=480
+python=""
+
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry) dry=1 ;;
     --skip-install) install=0 ;;
     --out) out="$2"; shift ;;
     --budget) budget="$2"; shift ;;
-    *) echo "device-check: unknown option $1 (allowed: --dry --skip-install --out DIR --budget SECONDS)" >&2; exit 2 ;;
+    --python) python="$2"; install=0; shift ;;
+    *) echo "device-check: unknown option $1 (allowed: --dry --skip-install --out DIR --budget SECONDS --python PATH)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -42,6 +50,11 @@ logs="$out/device-check-logs"
 mkdir -p "$logs"
 : > "$logs/stages.jsonl"
 PY=.venv/bin/python
+if [ -n "$python" ]; then
+  PY="$python"
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # fedunet from this checkout, not an installed copy
+  "$PY" -c "import torch, fedunet" || { echo "device-check: --python $python cannot import torch and fedunet (see above)" >&2; exit 1; }
+fi
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 left() { echo $(( budget - $(elapsed) )); }
@@ -71,7 +84,7 @@ if [ "$install" = 1 ] && [ "$dry" = 0 ]; then
     exit 1
   fi
 fi
-[ -x "$PY" ] || { echo "device-check: $PY missing; run bash scripts/install.sh first" >&2; exit 1; }
+[ -x "$PY" ] || { echo "device-check: $PY missing; run bash scripts/install.sh first (or pass --python PATH)" >&2; exit 1; }
 
 if [ "$dry" = 1 ]; then
   device=cpu

@@ -4,7 +4,9 @@ with ``--dry`` (tiny sizes), so that it cannot rot before a GPU is at hand."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,10 +14,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_device_check_dry_runs_every_stage_and_renders(tmp_path):
+    # --python: an interpreter that has torch, not this checkout's .venv (an offline GPU machine's
+    # image); the script must make fedunet importable from the checkout itself
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     start = time.perf_counter()
     r = subprocess.run(
-        ["bash", "scripts/device-check.sh", "--dry", "--out", str(tmp_path)],
+        ["bash", "scripts/device-check.sh", "--dry", "--python", sys.executable, "--out", str(tmp_path)],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,
