@@ -140,10 +140,10 @@ def test_engine_and_reference_aggregate_the_same_bottleneck(bench_size, tmp_path
         c.loader.augmentation = None
     orders = {}
     for c in sim.clients:  # the engine's batch order: one permutation per epoch from the client's generator
-        g = torch.Generator()
+        g = torch.Generator(device=c.generator.device)  # on CUDA the client's generator is a CUDA one
         g.set_state(c.generator.get_state())
         idx = c.loader.indices
-        orders[c.index] = [idx[torch.randperm(len(idx), generator=g)].tolist()]
+        orders[c.index] = [idx[torch.randperm(len(idx), generator=g, device=idx.device)].tolist()]
     ref = ReferenceFL(sim, augment=False, orders=orders)
     sim.run_round(1)
     ref.round()

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
@@ -99,9 +99,20 @@ def outermost(event, match) -> float:
 
 
 def phases(prof, wall_us: float) -> dict[str, float]:
-    """Milliseconds per phase of one profiled round, from its top-level events."""
+    """Milliseconds per phase of one profiled round, from the top-level events of the thread that
+    runs the round.
+
+    On CUDA, autograd runs the backward pass on a device thread of its own while the round's thread
+    waits inside ``Tensor.backward``: those events are top-level on their thread and would count the
+    backward twice. They only split the waited-for backward into its convolution+BatchNorm share."""
     out = defaultdict(float)
     top = [e for e in prof.events() if e.cpu_parent is None]
+    round_threads = Counter(e.thread for e in top if e.name == "fedunet.forward")
+    backward_elsewhere = []
+    if round_threads:
+        main = round_threads.most_common(1)[0][0]
+        backward_elsewhere = [e for e in top if e.thread != main]
+        top = [e for e in top if e.thread == main]
     for e in top:
         name, t = e.name, e.cpu_time_total
         if name == "fedunet.data" or name.startswith("enumerate(DataLoader)"):
@@ -118,6 +129,10 @@ def phases(prof, wall_us: float) -> dict[str, float]:
             out["backward: other layers"] += t - conv
         else:
             out["other torch ops (copies, payloads, state loads)"] += t
+    conv = sum(e.cpu_time_total if is_conv_bn_backward(e.name) else outermost(e, is_conv_bn_backward) for e in backward_elsewhere)
+    conv = min(conv, out["backward: other layers"])  # a share of the waited-for backward, never more
+    out["backward: conv + BatchNorm"] += conv
+    out["backward: other layers"] -= conv
     out["outside torch ops (Python, pickling, file I/O)"] = max(wall_us - sum(out.values()), 0.0)
     return {p: out.get(p, 0.0) / 1e3 for p in PHASES}
 

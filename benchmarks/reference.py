@@ -28,7 +28,7 @@ class ImageFolderLike(Dataset):
     """uint8 images served one PIL image at a time, as torchvision's datasets do."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
-        self.images = images.numpy()
+        self.images = images.cpu().numpy()  # torchvision's datasets live on the host
         self.labels = labels.tolist()
         self.transform = transform
 

@@ -8,7 +8,8 @@ and says so in one log warning only.
 
 Here a :class:`Compiler` holds one compiled region per distinct model (its ``ModelSpec``: the
 same architecture, width, U-Net and fusion) and entry point (``forward`` or ``features``), each
-with its own recompile budget (``isolate_recompiles``); clients of the same architecture share
+with its own recompile budget (``isolate_recompiles``; a torch without that option, such as the
+2.11 of a GPU image, gets the same from a private copy of the entry's code object); clients of the same architecture share
 their region's graphs (parameters are graph inputs, so a second VGG16 client compiles nothing).
 The batch dimension is marked dynamic, so the last partial batch and the evaluation batches
 reuse the graph.  Anything Dynamo still gives up on (a recompile limit hit) is counted from its
@@ -27,7 +28,9 @@ each region once: seconds per region.
 
 from __future__ import annotations
 
+import inspect
 import os
+import types
 from collections.abc import Callable, Hashable
 from pathlib import Path
 
@@ -40,6 +43,9 @@ BACKENDS = ("inductor", "aot_eager", "eager")
 # size: >= 16 or not; a batch of one is its own class) stays below 20.
 RECOMPILE_LIMIT = 64
 FALLBACK_MARK = "recompile limit"  # in the key of Dynamo's counters["unimplemented"] when it gives up
+# torch.compile takes a region's own recompile budget as options in newer torch (our pinned one);
+# older ones (2.11 on the GPU image where scripts/device-check.sh first ran) do not
+ISOLATES_RECOMPILES = {"isolate_recompiles", "recompile_limit"} <= set(inspect.signature(torch.compile).parameters)
 
 
 def _forward(model: nn.Module, x: Tensor) -> Tensor:
@@ -51,6 +57,21 @@ def _features(model: nn.Module, x: Tensor) -> Tensor:
 
 
 ENTRIES: dict[str, Callable[[nn.Module, Tensor], Tensor]] = {"forward": _forward, "features": _features}
+
+
+def compile_region(fn: Callable, backend: str, recompile_limit: int) -> Callable:
+    """``torch.compile(fn)`` with a recompile cache and budget of its own.
+
+    Without the ``isolate_recompiles`` option, the cache is isolated the way Dynamo keys it: by code
+    object, so the region compiles a private copy of ``fn``'s code; the budget is then Dynamo's
+    per-code-object limit, set process-wide."""
+    if ISOLATES_RECOMPILES:
+        return torch.compile(fn, backend=backend, isolate_recompiles=True, recompile_limit=recompile_limit)
+    private = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    dynamo_config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo_config, name, recompile_limit)
+    return torch.compile(private, backend=backend)
 
 
 def cache_dir() -> Path:
@@ -126,12 +147,7 @@ class Compiler:
             return ENTRIES[entry](model, x)
         fn = self.regions.get((key, entry))
         if fn is None:
-            fn = torch.compile(
-                ENTRIES[entry],
-                backend=self.backend,
-                isolate_recompiles=True,
-                recompile_limit=self.recompile_limit,
-            )
+            fn = compile_region(ENTRIES[entry], self.backend, self.recompile_limit)
             self.regions[(key, entry)] = fn
         if x.dim() > 0 and x.shape[0] > 1:
             torch._dynamo.maybe_mark_dynamic(x, 0)

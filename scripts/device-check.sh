@@ -20,7 +20,9 @@
 #       already has torch (a cluster module, a vendor image): installs nothing, imports fedunet from this
 #       checkout; a missing pure-Python dependency (jsonschema) goes on PYTHONPATH beforehand
 # Options: --out DIR (default benchmarks/results; --dry: a temporary folder), --budget SECONDS (480),
-#          --python PATH (use this interpreter instead of .venv; implies --skip-install).
+#          --python PATH (use this interpreter instead of .venv; implies --skip-install),
+#          --only STAGE,STAGE (rerun just these after a fix: cuda-tests, paper-setting, benchmarks, estimate;
+#          the others are recorded as skipped).
 # Provenance: without a .git folder (a copied checkout), set FEDUNET_GIT_COMMIT to the commit copied.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -30,6 +32,8 @@ install=1
 out=""
 budget=480
 python=""
+only=""
+STAGES="install cuda-tests paper-setting benchmarks estimate"
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -38,7 +42,11 @@ while [ $# -gt 0 ]; do
     --out) out="$2"; shift ;;
     --budget) budget="$2"; shift ;;
     --python) python="$2"; install=0; shift ;;
-    *) echo "device-check: unknown option $1 (allowed: --dry --skip-install --out DIR --budget SECONDS --python PATH)" >&2; exit 2 ;;
+    --only) only="$2"; shift
+      for name in ${only//,/ }; do
+        [[ " $STAGES " == *" $name "* ]] || { echo "device-check: --only: unknown stage $name (allowed: ${STAGES// /, })" >&2; exit 2; }
+      done ;;
+    *) echo "device-check: unknown option $1 (allowed: --dry --skip-install --out DIR --budget SECONDS --python PATH --only STAGES)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -63,6 +71,11 @@ left() { echo $(( budget - $(elapsed) )); }
 stage() {
   local name="$1" limit="$2"; shift 2
   local t0=$(date +%s) rc
+  if [ -n "$only" ] && [[ ",$only," != *",$name,"* ]]; then
+    echo "[device-check] $name: skipped (not in --only $only)"
+    echo "{\"stage\": \"$name\", \"rc\": null, \"seconds\": 0, \"limit_s\": 0, \"skipped\": true}" >> "$logs/stages.jsonl"
+    return 0
+  fi
   if [ "$limit" -le 0 ]; then
     echo "[device-check] $name: skipped (no time left of the ${budget}s budget)"
     echo "{\"stage\": \"$name\", \"rc\": null, \"seconds\": 0, \"limit_s\": 0, \"skipped\": true}" >> "$logs/stages.jsonl"

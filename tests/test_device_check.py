@@ -45,3 +45,20 @@ def test_device_check_dry_runs_every_stage_and_renders(tmp_path):
     for section in ("## Paper setting: paper-setting-", "## Study cost: estimate-", "## Device check: device-check-"):
         assert section in readme
     assert took < 300, f"the dry run took {took:.0f} s"
+
+
+def test_only_reruns_the_named_stages_and_refuses_unknown_ones(tmp_path):
+    r = subprocess.run(
+        ["bash", "scripts/device-check.sh", "--dry", "--only", "cuda-tests", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (summary,) = tmp_path.glob("device-check-*.json")
+    stages = {s["stage"]: s for s in json.loads(summary.read_text())["stages"]}
+    assert stages["cuda-tests"]["rc"] == 0 and not stages["cuda-tests"]["skipped"]
+    assert all(stages[name]["skipped"] for name in ("paper-setting", "benchmarks", "estimate"))
+    assert not list(tmp_path.glob("paper-setting-*.json"))
+    bad = subprocess.run(
+        ["bash", "scripts/device-check.sh", "--dry", "--only", "benchmark"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "unknown stage benchmark" in bad.stderr and "cuda-tests, paper-setting" in bad.stderr

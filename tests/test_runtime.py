@@ -51,14 +51,21 @@ def metrics_without_time(out) -> list[dict]:
 # ------------------------------------------------------------------ compile
 
 
-def test_four_architectures_compile_once_each_never_fall_back_and_give_the_eager_numbers(tmp_path):
+@pytest.mark.parametrize("isolation", ["option", "code copy"])
+def test_four_architectures_compile_once_each_never_fall_back_and_give_the_eager_numbers(tmp_path, monkeypatch, request, isolation):
     """Clients VGG11/13/16/19, trained and evaluated (personalized, validation, global).  Before,
     every client was compiled on the one code cache of ClientModel.forward and Dynamo hit its
     recompile limit (8) in round 1 (4 architectures x train/eval x batch-size classes), silently
     running eagerly from then on.  Now: one region per architecture, no fallback.  Dynamo's tracing
     and guards decide this, not the backend: ``eager`` (the traced graphs run op by op) keeps the
     test cheap and gives the eager numbers bit for bit: the compiled path does the same work.
-    (The diagnostic passes add three graphs per architecture; the budget is 64.)"""
+    (The diagnostic passes add three graphs per architecture; the budget is 64.)
+    ``code copy``: a torch without ``isolate_recompiles`` (2.11 on a GPU image) isolates the regions
+    by private code objects instead, with the same outcome."""
+    if isolation == "code copy":
+        monkeypatch.setattr(fcompile, "ISOLATES_RECOMPILES", False)
+        limit = torch._dynamo.config.recompile_limit  # set process-wide by that path (monkeypatch would hide it)
+        request.addfinalizer(lambda: setattr(torch._dynamo.config, "recompile_limit", limit))
     base = dict(
         model={"architectures": VGGS, "width": 0.125, "unet": {"d": 16}},
         partition={"num_clients": 4, "alpha": 1.0, "min_samples": 10},
@@ -74,6 +81,23 @@ def test_four_architectures_compile_once_each_never_fall_back_and_give_the_eager
     assert stats["regions"] == 4, "one compiled region per architecture"
     assert 8 <= stats["graphs"] <= 4 * 8 and stats["graph_breaks"] == 0, stats  # the old shared limit was 8
     assert metrics_without_time(tmp_path / "compiled") == metrics_without_time(tmp_path / "eager")
+
+
+@pytest.mark.parametrize("isolation", ["option", "code copy"])
+def test_each_region_has_its_own_recompile_budget(monkeypatch, request, isolation):
+    """Two regions of one entry, each allowed one graph, each fed another model: neither falls back.
+    Sharing one cache (the entry's code object) would put both graphs on one budget of one."""
+    if isolation == "code copy":
+        monkeypatch.setattr(fcompile, "ISOLATES_RECOMPILES", False)
+        limit = torch._dynamo.config.recompile_limit
+        request.addfinalizer(lambda: setattr(torch._dynamo.config, "recompile_limit", limit))
+    torch._dynamo.reset()
+    before = fcompile.fallback_count()
+    for width in (3, 5):
+        region = fcompile.compile_region(fcompile.ENTRIES["forward"], "eager", 1)
+        model = nn.Sequential(nn.Linear(width, 2), nn.ReLU())
+        region(model, torch.randn(4, width))
+    assert fcompile.fallback_count() == before
 
 
 def test_a_compile_fallback_is_recorded_in_the_events(tmp_path, monkeypatch):
