@@ -17,10 +17,13 @@ def git_state() -> dict:
     """Commit and dirty flag of the checkout that holds this package (or of the cwd).
 
     ``dirty`` means tracked code or configuration differs from the commit; result files
-    (``results/``, ``runs/``), which a study rewrites as it goes, do not count. A checkout copied
-    without its ``.git`` (a GPU node, a cluster's staging area) names its commit in the environment
-    variable ``FEDUNET_GIT_COMMIT``; its dirty flag is then unknown (``None``).
+    (``results/``, ``runs/``), which a study rewrites as it goes, do not count. A checkout copied to
+    another machine (a GPU node, a cluster's staging area) names its commit in the environment
+    variable ``FEDUNET_GIT_COMMIT``, which wins over git: the ``.git`` that travels with such a copy,
+    if any, may be an older snapshot. Its dirty flag is then unknown (``None``).
     """
+    if os.environ.get("FEDUNET_GIT_COMMIT"):
+        return {"commit": os.environ["FEDUNET_GIT_COMMIT"], "dirty": None}
     here = Path(__file__).resolve().parent
     out = {"commit": None, "dirty": None}
     for cwd in (here, Path.cwd()):
@@ -47,8 +50,6 @@ def git_state() -> dict:
             return {"commit": commit, "dirty": bool(status.strip())}
         except (OSError, subprocess.SubprocessError):
             continue
-    if os.environ.get("FEDUNET_GIT_COMMIT"):
-        out["commit"] = os.environ["FEDUNET_GIT_COMMIT"]
     return out
 
 

@@ -11,6 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+# the study's rule: no claim from fewer seeds (tables say "too few seeds"; the standard study plans
+# at least this many for every cell)
+MIN_SEEDS_FOR_A_CLAIM = 3
+
 # t_{0.975, df}: the usual table (e.g. NIST/SEMATECH e-Handbook, table 1.3.6.7.2)
 _T975 = {
     1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,

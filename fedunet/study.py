@@ -224,12 +224,12 @@ class Study:
             raise StudyError([f"experiment {name!r} is not in study {self.name}; allowed: {', '.join(experiments)}"])
         keys = [k for k, exps in sorted(self.runs.items()) if name in exps]
         if listed:
-            methods = listed.split(",")
+            wanted = listed.split(",")
             allowed = sorted({k.method for k in keys})
-            unknown = [m for m in methods if m not in allowed]
+            unknown = [m for m in wanted if m not in allowed]
             if unknown:
                 raise StudyError([f"experiment {name!r} has no method {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}"])
-            keys = [k for k in keys if k.method in methods]
+            keys = [k for k in keys if k.method in wanted]
         return [f"{self.out}/runs/{k.path}/summary.json" for k in keys]
 
     @property

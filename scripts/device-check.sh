@@ -11,7 +11,7 @@
 #   5. if time is left: fedunet estimate config/config.yaml --measure (the paper study's GPU-hours)
 #   then benchmarks/render.py puts everything into benchmarks/results/README.md next to the CPU results.
 # Every result is JSON under benchmarks/results/ with the device named; the stage log and timings
-# are in device-check-<device>-<stamp>.json.
+# are in device-check-<device>-<stamp>.json, each stage's output in device-check-logs/<device>-<stamp>/.
 #
 #   bash scripts/device-check.sh                  # on the GPU machine; commit benchmarks/results/ afterwards
 #   bash scripts/device-check.sh --dry            # CI: tiny sizes on CPU, into a temporary folder (cannot rot)
@@ -54,7 +54,8 @@ if [ -z "$out" ]; then
   if [ "$dry" = 1 ]; then out=$(mktemp -d -t fedunet-device-check-XXXXXX); else out=benchmarks/results; fi
 fi
 mkdir -p "$out"
-logs="$out/device-check-logs"
+stamp=$(date -u +%Y%m%d-%H%M%S)
+logs="$out/device-check-logs/$stamp"  # renamed <device>-<stamp> at the end: one folder per run
 mkdir -p "$logs"
 : > "$logs/stages.jsonl"
 PY=.venv/bin/python
@@ -107,7 +108,6 @@ else
   label=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '-') if torch.cuda.is_available() else 'cpu')")
   [ "$device" = cuda ] || echo "[device-check] WARNING: no CUDA device; running the full sizes on CPU (slow); use --dry for a quick check" >&2
 fi
-stamp=$(date -u +%Y%m%d-%H%M%S)
 echo "[device-check] device $label, results into $out"
 "$PY" -c "import torch; print('[device-check] torch', torch.__version__, '| cuda', torch.version.cuda, '|', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
 
@@ -178,6 +178,7 @@ report = {
 }
 Path(summary).write_text(json.dumps(report, indent=1) + "\n")
 PYEOF
+mv "$logs" "$out/device-check-logs/${label}-${stamp}" && logs="$out/device-check-logs/${label}-${stamp}"
 "$PY" benchmarks/render.py --results "$out" >/dev/null && echo "[device-check] rendered $out/README.md"
 echo "[device-check] done in $(elapsed)s (budget ${budget}s): $summary"
 failed=$(grep -o '"rc": [1-9][0-9]*' "$summary" | wc -l)

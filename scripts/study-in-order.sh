@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 config="$1"; shift
 PY=.venv/bin/python
-SMK=.venv/bin/snakemake
+SMK="${SMK:-.venv/bin/snakemake}"  # (tests put a stand-in here)
 experiments=("$@")
 if [ ${#experiments[@]} -eq 0 ]; then
   mapfile -t experiments < <($PY -c "import sys, yaml; print('\n'.join(yaml.safe_load(open(sys.argv[1]))['experiments']))" "$config")
@@ -22,19 +22,30 @@ fi
 study=$($PY -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['study'])" "$config")
 mkdir -p "results/$study/logs"
 log="results/$study/logs/in-order.log"
-targets_of() {  # the summary files of one experiment (NAME or NAME:METHOD,METHOD); exits on a bad name
-  $PY - "$config" "$1" <<'PY'
-import sys, yaml
+# every experiment's summary files (snakemake targets), one file each, from one Study: every name
+# (NAME or NAME:METHOD,METHOD) is checked before any training, and a bad one stops here
+lists=$(mktemp -d)
+trap 'rm -rf "$lists"' EXIT
+$PY - "$config" "$lists" "${experiments[@]}" <<'PY'
+import sys
+from pathlib import Path
+
+import yaml
+
 from fedunet.study import Study, StudyError
+
+config, out, specs = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
 try:
-    print("\n".join(Study(yaml.safe_load(open(sys.argv[1]))).summaries_of(sys.argv[2])))
+    study = Study(yaml.safe_load(open(config)))
+    targets = [study.summaries_of(spec) for spec in specs]
 except StudyError as e:
     sys.exit(str(e))
+for i, summaries in enumerate(targets):
+    (out / str(i)).write_text("".join(f"{s}\n" for s in summaries))
 PY
-}
-for exp in "${experiments[@]}"; do targets_of "$exp" > /dev/null; done  # every name checked before any training
-for exp in "${experiments[@]}"; do
-  mapfile -t targets < <(targets_of "$exp")
+for i in "${!experiments[@]}"; do
+  exp="${experiments[$i]}"
+  mapfile -t targets < "$lists/$i"
   echo "[$(date -u +%FT%TZ)] experiment $exp: ${#targets[@]} runs" | tee -a "$log"
   "$SMK" --cores all --configfile "$config" --keep-going --rerun-incomplete "${targets[@]}" >> "$log" 2>&1 \
     || echo "[$(date -u +%FT%TZ)] experiment $exp: some runs failed (see $log)" | tee -a "$log"

@@ -34,6 +34,8 @@ def test_device_check_dry_runs_every_stage_and_renders(tmp_path):
     assert [s["stage"] for s in data["stages"]] == ["cuda-tests", "paper-setting", "benchmarks", "estimate"]
     assert all(s["rc"] == 0 and not s["skipped"] for s in data["stages"]), data["stages"]
     assert data["cuda_tests"] and all(t["outcome"] in ("skipped", "passed") for t in data["cuda_tests"])
+    (logs,) = (tmp_path / "device-check-logs").iterdir()  # one folder per run, named as its summary
+    assert summary.name == f"device-check-{logs.name}.json" and (logs / "stages.jsonl").exists()
     (paper,) = tmp_path.glob("paper-setting-*.json")
     runs = json.loads(paper.read_text())["runs"]
     assert [run["d"] for run in runs] == [16]

@@ -52,7 +52,9 @@ def metrics_without_time(out) -> list[dict]:
 
 
 @pytest.mark.parametrize("isolation", ["option", "code copy"])
-def test_four_architectures_compile_once_each_never_fall_back_and_give_the_eager_numbers(tmp_path, monkeypatch, request, isolation):
+def test_four_architectures_compile_once_each_never_fall_back_and_give_the_eager_numbers(
+    tmp_path, monkeypatch, request, isolation
+):
     """Clients VGG11/13/16/19, trained and evaluated (personalized, validation, global).  Before,
     every client was compiled on the one code cache of ClientModel.forward and Dynamo hit its
     recompile limit (8) in round 1 (4 architectures x train/eval x batch-size classes), silently

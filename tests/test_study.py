@@ -4,6 +4,7 @@ import yaml
 from fedunet import methods, models, study
 from fedunet.config import load_yaml
 from fedunet.segmodel import SEG_BACKBONES
+from fedunet.stats import MIN_SEEDS_FOR_A_CLAIM
 from fedunet.study import RunKey, Study, StudyError, alpha_label, finished_so_far
 
 
@@ -185,9 +186,13 @@ def test_study_configs_expand(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    sizes = {name: len(Study(load_yaml((root / "config" / f"{name}.yaml").read_text())).runs) for name in ("smoke", "fmnist")}
-    assert sizes["smoke"] == 34  # tests/test_workflow.py SMOKE_RUNS
-    assert sizes["fmnist"] >= 3 * 40  # >= 3 seeds of every cell
+    studies = {name: Study(load_yaml((root / "config" / f"{name}.yaml").read_text())) for name in ("smoke", "fmnist")}
+    assert len(studies["smoke"].runs) == 34  # tests/test_workflow.py SMOKE_RUNS
+    assert len(studies["fmnist"].runs) >= 3 * 40
+    seeds = {}  # every cell of the standard study has the seeds a claim needs
+    for key in studies["fmnist"].runs:
+        seeds.setdefault((key.archset, key.method, key.d, key.fusion, key.alpha), set()).add(key.seed)
+    assert min(len(s) for s in seeds.values()) >= MIN_SEEDS_FOR_A_CLAIM
 
 
 SEGMENTATION_BASE = {
@@ -241,3 +246,42 @@ def test_summaries_of_an_experiment_or_of_some_of_its_methods():
         s.summaries_of("nope")
     with pytest.raises(StudyError, match="experiment 'cmp' has no method 'fml'; allowed: fedavg, fedunet, local"):
         s.summaries_of("cmp:fedunet,fml")
+
+
+def _study_in_order(tmp_path, *experiments):
+    """scripts/study-in-order.sh on config/smoke.yaml with a stand-in for snakemake that records its targets."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    calls = tmp_path / "calls"
+    stub = tmp_path / "snakemake"
+    stub.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n')
+    stub.chmod(0o755)
+    r = subprocess.run(
+        ["bash", "scripts/study-in-order.sh", "config/smoke.yaml", *experiments],
+        cwd=root, env={**os.environ, "SMK": str(stub)}, capture_output=True, text=True, timeout=300,
+    )
+    return r, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_study_in_order_trains_each_experiment_s_runs_in_the_order_named(tmp_path):
+    from pathlib import Path
+
+    r, calls = _study_in_order(tmp_path, "readings:fedunet,local", "fusion")
+    assert r.returncode == 0, r.stderr
+    smoke = Study(load_yaml((Path(__file__).resolve().parents[1] / "config" / "smoke.yaml").read_text()))
+    assert [c.split(" --rerun-incomplete ")[1].split() if " --rerun-incomplete " in c else [] for c in calls] == [
+        smoke.summaries_of("readings:fedunet,local"),
+        smoke.summaries_of("fusion"),
+        [],  # then everything: tables and figures
+    ]
+
+
+def test_study_in_order_checks_every_name_before_training_anything(tmp_path):
+    r, calls = _study_in_order(tmp_path, "fusion", "readings:fedunet,nosuch")
+    assert r.returncode != 0 and "has no method 'nosuch'" in r.stderr and "allowed: fedunet" in r.stderr
+    assert calls == []  # not even the valid first experiment
+    r, calls = _study_in_order(tmp_path, "nosuch")
+    assert r.returncode != 0 and "allowed: homogeneous" in r.stderr and calls == []

@@ -234,10 +234,13 @@ def test_verdicts_say_what_the_intervals_show_and_claim_nothing_from_fewer_than_
     monkeypatch.syspath_prepend(str(SCRIPTS))
     from study_markdown import verdict
 
+    from fedunet.stats import MIN_SEEDS_FOR_A_CLAIM
+
     assert verdict({"personalized": (0.2, False), "global": (-0.1, False)}, 3) == "no difference shown"
     assert verdict({"personalized": (0.2, False), "global": (-0.68, True)}, 3) == "personalized: no difference shown; global: lower"
     assert verdict({"personalized": (1.5, True), "global": (2.0, True)}, 5) == "higher"
     assert verdict({"personalized": (1.5, True), "global": (2.0, True)}, 2) == "too few seeds (2)"
+    assert MIN_SEEDS_FOR_A_CLAIM == 3  # the rule the tables and the standard study's config share
 
 
 def test_readings_table_gives_the_bottleneck_drop_with_its_interval(monkeypatch):

@@ -6,6 +6,7 @@ import math
 import pandas as pd
 from study_tables import GROUP, METRICS, SEGMENTATION_METRICS
 
+from fedunet.stats import MIN_SEEDS_FOR_A_CLAIM
 from fedunet.study import finished_so_far
 
 
@@ -200,9 +201,9 @@ def _differences(
 
 def verdict(differences: dict[str, tuple[float, bool]], pairs: int) -> str:
     """In words, what paired differences show: ``{protocol: (difference, interval excludes zero)}`` over
-    ``pairs`` seeds. Fewer than 3 pairs make no claim (the study's rule: 3 seeds for any claim); an interval
+    ``pairs`` seeds. Fewer than ``MIN_SEEDS_FOR_A_CLAIM`` pairs make no claim (3 seeds for any claim); an interval
     across zero is "no difference shown", which is not "equal": its width is in the row."""
-    if pairs < 3:
+    if pairs < MIN_SEEDS_FOR_A_CLAIM:
         return f"too few seeds ({pairs})"
     words = {p: ("higher" if m > 0 else "lower") if holds else "no difference shown" for p, (m, holds) in differences.items()}
     if len(set(words.values())) == 1:
