@@ -121,7 +121,8 @@ def _gb(x) -> str:
 
 
 def device_sections(results: Path) -> list[str]:
-    """scripts/device-check.sh's files: the paper's setting timed, the study's estimated cost, the stages."""
+    """scripts/device-check.sh's files: the paper's setting timed, the study's estimated cost, the step
+    under each runtime switch, the stages."""
     lines: list[str] = []
     for path in sorted(results.glob("paper-setting-*.json")):
         data = json.loads(path.read_text())
@@ -171,6 +172,27 @@ def device_sections(results: Path) -> list[str]:
             lines.append(
                 f"| {name} | {int(e['runs'])} | {e['train_flops'] / 1e15:.3f} | {e['eval_flops'] / 1e15:.3f} "
                 f"| {e['job_s'] / 3600:.2f} | {e['longest_job_s'] / 60:.1f} | {_gb(e['peak_device_bytes'])} |"
+            )
+        lines.append("")
+    for path in sorted(results.glob("step-variants-*.json")):
+        data = json.loads(path.read_text())
+        dev, prov = data["device"], data["provenance"]
+        lines += [
+            f"## Step variants: {path.name}",
+            "",
+            f"`benchmarks/step_variants.py`{' --dry (tiny sizes)' if data.get('dry') else ''} on {dev.get('name', '?')}; torch "
+            f"{prov['packages'].get('torch', '?')}; commit {str(prov['git'].get('commit', '?'))[:12]}; {prov['date']}. "
+            f"One client's local epoch (`Client.train`), median of {data['epochs']} after a warm-up epoch, with the "
+            "device's runtime defaults and with one switch changed at a time; ratio: milliseconds per step over the "
+            "defaults' (below 1: that switch makes the step faster).",
+            "",
+            "| model | client | variant | ms / step | images / s | ratio to the defaults | warm-up epoch s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in data["results"]:
+            lines.append(
+                f"| {r['model']} (width {r['width']:g}, d {r['d']}) | {r['architecture']} | {r['variant']} "
+                f"| {r['ms_per_step']:.2f} | {r['images_per_s']:,.0f} | {r['ratio_to_defaults']:.2f} | {r['warmup_s']:.1f} |"
             )
         lines.append("")
     for path in sorted(results.glob("device-check-*.json")):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared check for the first machine with a GPU (under 8 minutes on one GPU, install included):
+# One prepared check for the first machine with a GPU (under 9 minutes on one GPU, install included):
 #   1. install (bash scripts/install.sh; an existing .venv is kept when the machine is offline)
 #   2. the CUDA-marked tests (pytest -m cuda: deterministic CUDA runs bit-identical and free of
 #      nondeterministic ops, no host sync per step, inductor compile without fallback)
@@ -8,7 +8,9 @@
 #      the estimator's prediction for the same runs (benchmarks/paper_setting.py)
 #   4. the benchmark suite on the device (engine vs reference loop, engine vs bare loop,
 #      serialization from device memory), pytest-benchmark JSON as scripts/bench.sh writes it
-#   5. if time is left: fedunet estimate config/config.yaml --measure (the paper study's GPU-hours)
+#   5. one client's epoch under each runtime switch: deterministic off, fp32, NCHW, compile, no U-Net
+#      (benchmarks/step_variants.py: which knob a slow step answers to)
+#   6. if time is left: fedunet estimate config/config.yaml --measure (the paper study's GPU-hours)
 #   then benchmarks/render.py puts everything into benchmarks/results/README.md next to the CPU results.
 # Every result is JSON under benchmarks/results/ with the device named; the stage log and timings
 # are in device-check-<device>-<stamp>.json, each stage's output in device-check-logs/<device>-<stamp>/.
@@ -19,9 +21,9 @@
 #   bash scripts/device-check.sh --python "$(command -v python3)"   # an offline GPU machine whose python3
 #       already has torch (a cluster module, a vendor image): installs nothing, imports fedunet from this
 #       checkout; a missing pure-Python dependency (jsonschema) goes on PYTHONPATH beforehand
-# Options: --out DIR (default benchmarks/results; --dry: a temporary folder), --budget SECONDS (480),
+# Options: --out DIR (default benchmarks/results; --dry: a temporary folder), --budget SECONDS (540),
 #          --python PATH (use this interpreter instead of .venv; implies --skip-install),
-#          --only STAGE,STAGE (rerun just these after a fix: cuda-tests, paper-setting, benchmarks, estimate;
+#          --only STAGE,STAGE (rerun just these after a fix: cuda-tests, paper-setting, benchmarks, step-variants, estimate;
 #          the others are recorded as skipped).
 # Provenance: without a .git folder (a copied checkout), set FEDUNET_GIT_COMMIT to the commit copied.
 set -uo pipefail
@@ -30,10 +32,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 dry=0
 install=1
 out=""
-budget=480
+budget=540
 python=""
 only=""
-STAGES="install cuda-tests paper-setting benchmarks estimate"
+STAGES="install cuda-tests paper-setting benchmarks step-variants estimate"
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -132,9 +134,14 @@ else
     --benchmark-max-time 0.25 --benchmark-min-rounds 3 -k "not reach_the_same_accuracy")
 fi
 [ "$dry" = 1 ] && export FEDUNET_BENCH_THREADS=1
-stage benchmarks $(( $(left) - 70 )) "$PY" -m pytest benchmarks -q -p no:cacheprovider "${bench_args[@]}"
+stage benchmarks $(( $(left) - 190 )) "$PY" -m pytest benchmarks -q -p no:cacheprovider "${bench_args[@]}"
 
-# 5. the paper study's cost on this device, if time is left (a minute or more)
+# 5. one step under each runtime switch (deterministic, bf16, channels_last, compile, no U-Net)
+step_args=(--out "$out" --device "$device")
+[ "$dry" = 1 ] && step_args+=(--dry)
+stage step-variants $(( $(left) - 60 < 150 ? $(left) - 60 : 150 )) "$PY" benchmarks/step_variants.py "${step_args[@]}"
+
+# 6. the paper study's cost on this device, if time is left (a minute or more)
 if [ "$dry" = 1 ]; then  # measuring is exercised by the paper-setting stage; here the study pricing
   stage estimate $(( $(left) < 120 ? $(left) : 120 )) "$PY" -m fedunet estimate config/smoke.yaml --tflops 0.05 \
     --json "$out/estimate-${label}-${stamp}.json"

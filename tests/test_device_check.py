@@ -31,7 +31,7 @@ def test_device_check_dry_runs_every_stage_and_renders(tmp_path):
     (summary,) = tmp_path.glob("device-check-*.json")
     data = json.loads(summary.read_text())
     assert data["dry"] is True
-    assert [s["stage"] for s in data["stages"]] == ["cuda-tests", "paper-setting", "benchmarks", "estimate"]
+    assert [s["stage"] for s in data["stages"]] == ["cuda-tests", "paper-setting", "benchmarks", "step-variants", "estimate"]
     assert all(s["rc"] == 0 and not s["skipped"] for s in data["stages"]), data["stages"]
     assert data["cuda_tests"] and all(t["outcome"] in ("skipped", "passed") for t in data["cuda_tests"])
     (logs,) = (tmp_path / "device-check-logs").iterdir()  # one folder per run, named as its summary
@@ -41,10 +41,19 @@ def test_device_check_dry_runs_every_stage_and_renders(tmp_path):
     assert [run["d"] for run in runs] == [16]
     for run in runs:
         assert run["train_images_per_s"] > 0 and run["peak_host_bytes"] > 0 and run["estimate"]["wall_s"] > 0
+    (steps,) = tmp_path.glob("step-variants-*.json")
+    variants = json.loads(steps.read_text())["results"]
+    assert [v["variant"] for v in variants][0] == "device defaults" and len(variants) == 6
+    assert all(v["ms_per_step"] > 0 and v["steps"] >= 1 for v in variants) and variants[0]["ratio_to_defaults"] == 1
+    runtimes = {v["variant"]: v["runtime"] for v in variants}  # each variant changed what it names, as resolved
+    assert runtimes["deterministic off"]["deterministic"] is False and runtimes["device defaults"]["deterministic"] is True
+    assert runtimes["NCHW (no channels_last)"]["channels_last"] is False and runtimes["compiled"]["compile"] is True
+    assert {v["variant"]: v["method"] for v in variants}["backbone alone (no U-Net)"] == "fedavg"
     (est,) = tmp_path.glob("estimate-*.json")
     assert json.loads(est.read_text())["totals"]["job_s"] > 0
     readme = (tmp_path / "README.md").read_text()
-    for section in ("## Paper setting: paper-setting-", "## Study cost: estimate-", "## Device check: device-check-"):
+    for section in ("## Paper setting: paper-setting-", "## Study cost: estimate-", "## Step variants: step-variants-",
+                    "## Device check: device-check-"):
         assert section in readme
     assert took < 300, f"the dry run took {took:.0f} s"
 
@@ -58,7 +67,7 @@ def test_only_reruns_the_named_stages_and_refuses_unknown_ones(tmp_path):
     (summary,) = tmp_path.glob("device-check-*.json")
     stages = {s["stage"]: s for s in json.loads(summary.read_text())["stages"]}
     assert stages["cuda-tests"]["rc"] == 0 and not stages["cuda-tests"]["skipped"]
-    assert all(stages[name]["skipped"] for name in ("paper-setting", "benchmarks", "estimate"))
+    assert all(stages[name]["skipped"] for name in ("paper-setting", "benchmarks", "step-variants", "estimate"))
     assert not list(tmp_path.glob("paper-setting-*.json"))
     bad = subprocess.run(
         ["bash", "scripts/device-check.sh", "--dry", "--only", "benchmark"], cwd=ROOT, capture_output=True, text=True

@@ -1,0 +1,142 @@
+"""What one training step costs under each runtime switch: which knob a slow step on this device
+answers to.
+
+    .venv/bin/python benchmarks/step_variants.py --out benchmarks/results     # on a GPU machine
+    .venv/bin/python benchmarks/step_variants.py --dry --out /tmp/x           # tiny, any machine
+
+The first GPU runs (H100, H200) measured about 27 ms per batch of 64 for a narrow VGG16 + U-Net, in
+the engine and in a bare loop alike: far more than the arithmetic of such a model. This script times
+one client's local epoch, the engine's own ``Client.train``, with the runtime defaults of the device
+and with one switch changed at a time: deterministic kernels off, fp32 instead of bf16 autocast,
+NCHW instead of channels_last, ``torch.compile`` (inductor on CUDA; ``aot_eager`` with ``--dry``),
+and the backbone alone (FedAvg's model, no U-Net), for two models: the benchmarks' narrow one
+(width 1/8, d = 64 at the full size, as ``bench_engine.py``) and the paper's full width (d = 128). Each variant: one
+warm-up epoch (compiling, if any), then the median of ``--epochs`` timed epochs, synchronized.
+
+Writes ``step-variants-<device>-<stamp>.json`` into ``--out`` after every variant, so a time limit
+keeps what finished; ``render.py`` puts it into ``benchmarks/results/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_engine import settings, simulation  # noqa: E402
+
+from fedunet import provenance  # noqa: E402
+from fedunet.io import atomic_write_json  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# name -> (runtime switches, other config sections); compile last: it is the slowest to start
+VARIANTS = {
+    "device defaults": ({}, {}),
+    "deterministic off": ({"deterministic": False}, {}),
+    "fp32 (no bf16 autocast)": ({"bf16": False}, {}),
+    "NCHW (no channels_last)": ({"channels_last": False}, {}),
+    # FedAvg's model: the VGG16 alone (FedAvg needs one architecture; the timed client is a VGG16)
+    "backbone alone (no U-Net)": ({}, {"method": "fedavg", "model": {"architectures": ["vgg16"]}}),
+    "compiled": ({"compile": True}, {}),
+}
+MODELS = {  # name -> model section over bench_engine.settings (narrow: its own, width 1/8)
+    "narrow": {},
+    "full width": {"width": 1.0, "unet": {"d": 128}},
+}
+
+
+def time_epochs(dry: bool, device: str, model: dict, runtime: dict, sections: dict, epochs: int) -> dict:
+    if runtime.get("compile"):
+        runtime = {**runtime, "compile_backend": "inductor" if device.startswith("cuda") else "aot_eager"}
+    rt = {"device": device, "progress": False, "checkpoint_every": 0, **runtime}
+    if dry:
+        rt["threads"] = 1
+    sections = dict(sections)
+    model = {**model, **sections.pop("model", {})}
+    cfg = settings("small" if dry else "full", runtime=rt, **({"model": model} if model else {}), **sections)
+    with tempfile.TemporaryDirectory(prefix="fedunet-step-variants-") as tmp:
+        sim = simulation(Path(tmp), cfg)
+        client = sim.clients[2 % len(sim.clients)]  # a VGG16 client, as bench_engine's throughput test
+
+        def epoch() -> float:
+            start = time.perf_counter()
+            client.train(1, sim.method.loss)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            return time.perf_counter() - start
+
+        warmup = epoch()
+        times = [epoch() for _ in range(epochs)]
+    steps = math.ceil(client.num_train / cfg["training"]["batch_size"])
+    median = statistics.median(times)
+    return {
+        "architecture": client.architecture,
+        "method": cfg["method"],
+        "width": cfg["model"]["width"],
+        "d": cfg["model"]["unet"]["d"],
+        "samples": client.num_train,
+        "steps": steps,
+        "warmup_s": warmup,
+        "epoch_s": times,
+        "ms_per_step": 1e3 * median / steps,
+        "images_per_s": client.num_train / median,
+        "runtime": sim.rt.result_settings(),  # as resolved on this device
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dry", action="store_true", help="tiny sizes on CPU, one timed epoch (CI)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--epochs", type=int, default=None, help="timed epochs per variant (default 3; --dry 1)")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    epochs = args.epochs or (1 if args.dry else 3)
+    dev = torch.device(args.device)
+    desc = provenance.device_description(dev)
+    label = desc["name"].replace(" ", "-") if dev.type == "cuda" else "cpu"
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"step-variants-{label}-{stamp}.json"
+    report = {
+        "kind": "step-variants",
+        "dry": args.dry,
+        "device": desc,
+        "epochs": epochs,
+        "results": [],
+        "provenance": {
+            "git": provenance.git_state(),
+            "packages": provenance.package_versions(),
+            "date": provenance.utc_now(),
+            "command": " ".join(sys.argv),
+        },
+    }
+    models = dict(list(MODELS.items())[:1]) if args.dry else MODELS  # --dry: the full width checks no code
+    baseline = {}
+    for variant, (runtime, sections) in VARIANTS.items():  # variant by variant: compiling, the slowest, last
+        for model_name, model in models.items():
+            r = time_epochs(args.dry, args.device, model, runtime, sections, epochs)
+            baseline.setdefault(model_name, r["ms_per_step"])
+            r.update(model=model_name, variant=variant, ratio_to_defaults=r["ms_per_step"] / baseline[model_name])
+            report["results"].append(r)
+            atomic_write_json(path, report)  # after every variant: a time limit keeps what finished
+            print(
+                f"[step-variants] {model_name} (width {r['width']:g}, d {r['d']}) | {variant}: {r['ms_per_step']:.2f} ms/step "
+                f"({r['images_per_s']:,.0f} img/s, x{r['ratio_to_defaults']:.2f} of the defaults)",
+                flush=True,
+            )
+    print(f"[step-variants] {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
