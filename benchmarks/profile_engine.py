@@ -129,7 +129,9 @@ def phases(prof, wall_us: float) -> dict[str, float]:
             out["backward: other layers"] += t - conv
         else:
             out["other torch ops (copies, payloads, state loads)"] += t
-    conv = sum(e.cpu_time_total if is_conv_bn_backward(e.name) else outermost(e, is_conv_bn_backward) for e in backward_elsewhere)
+    conv = sum(
+        e.cpu_time_total if is_conv_bn_backward(e.name) else outermost(e, is_conv_bn_backward) for e in backward_elsewhere
+    )
     conv = min(conv, out["backward: other layers"])  # a share of the waited-for backward, never more
     out["backward: conv + BatchNorm"] += conv
     out["backward: other layers"] -= conv

@@ -9,8 +9,9 @@ and says so in one log warning only.
 Here a :class:`Compiler` holds one compiled region per distinct model (its ``ModelSpec``: the
 same architecture, width, U-Net and fusion) and entry point (``forward`` or ``features``), each
 with its own recompile budget (``isolate_recompiles``; a torch without that option, such as the
-2.11 of a GPU image, gets the same from a private copy of the entry's code object); clients of the same architecture share
-their region's graphs (parameters are graph inputs, so a second VGG16 client compiles nothing).
+2.11 of a GPU image, gets the same from a private copy of the entry's code object); clients of the
+same architecture share their region's graphs (parameters are graph inputs, so a second VGG16
+client compiles nothing).
 The batch dimension is marked dynamic, so the last partial batch and the evaluation batches
 reuse the graph.  Anything Dynamo still gives up on (a recompile limit hit) is counted from its
 own counters and reported by :meth:`Compiler.new_fallbacks`; the engine records it in
