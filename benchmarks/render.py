@@ -190,9 +190,12 @@ def device_sections(results: Path) -> list[str]:
             "|---|---|---|---|---|---|---|",
         ]
         for r in data["results"]:
+            if "error" in r:  # a variant that raised: its error, not a number
+                lines.append(f"| {r['model']} | | {r['variant']} | failed: `{r['error']}` | | | |")
+                continue
             lines.append(
                 f"| {r['model']} (width {r['width']:g}, d {r['d']}) | {r['architecture']} | {r['variant']} "
-                f"| {r['ms_per_step']:.2f} | {r['images_per_s']:,.0f} | {r['ratio_to_defaults']:.2f} | {r['warmup_s']:.1f} |"
+                f"| {r['ms_per_step']:.2f} | {r['images_per_s']:,.0f} | {'' if r['ratio_to_defaults'] is None else format(r['ratio_to_defaults'], '.2f')} | {r['warmup_s']:.1f} |"
             )
         lines.append("")
     for path in sorted(results.glob("device-check-*.json")):

@@ -14,7 +14,9 @@ and the backbone alone (FedAvg's model, no U-Net), for two models: the benchmark
 warm-up epoch (compiling, if any), then the median of ``--epochs`` timed epochs, synchronized.
 
 Writes ``step-variants-<device>-<stamp>.json`` into ``--out`` after every variant, so a time limit
-keeps what finished; ``render.py`` puts it into ``benchmarks/results/README.md``.
+keeps what finished; ``render.py`` puts it into ``benchmarks/results/README.md``. A variant that
+raises is recorded with its error and the others still run (exit code 1 at the end); ``-k TEXT``
+runs only the variants whose name contains TEXT (repeatable; the defaults always run first).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -46,6 +49,11 @@ VARIANTS = {
     # FedAvg's model: the VGG16 alone (FedAvg needs one architecture; the timed client is a VGG16)
     "backbone alone (no U-Net)": ({}, {"method": "fedavg", "model": {"architectures": ["vgg16"]}}),
     "compiled": ({"compile": True}, {}),
+    # torch 2.11's inductor on an H200 failed the defaults' compiled backward (a channels_last weight
+    # gradient's strides); these say which switch it needs
+    "compiled, NCHW": ({"compile": True, "channels_last": False}, {}),
+    "compiled, fp32": ({"compile": True, "bf16": False}, {}),
+    "compiled, deterministic off": ({"compile": True, "deterministic": False}, {}),
 }
 MODELS = {  # name -> model section over bench_engine.settings (narrow: its own, width 1/8)
     "narrow": {},
@@ -98,7 +106,13 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--epochs", type=int, default=None, help="timed epochs per variant (default 3; --dry 1)")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("-k", dest="select", action="append", default=[], metavar="TEXT",
+                    help="only the variants whose name contains TEXT (repeatable), besides the defaults")
     args = ap.parse_args(argv)
+    variants = {name: v for i, (name, v) in enumerate(VARIANTS.items())
+                if i == 0 or not args.select or any(text in name for text in args.select)}
+    if len(variants) == 1 and args.select:
+        ap.error(f"-k {args.select}: no variant matches; allowed: {', '.join(list(VARIANTS)[1:])}")
     epochs = args.epochs or (1 if args.dry else 3)
     dev = torch.device(args.device)
     desc = provenance.device_description(dev)
@@ -122,20 +136,32 @@ def main(argv=None) -> int:
     }
     models = dict(list(MODELS.items())[:1]) if args.dry else MODELS  # --dry: the full width checks no code
     baseline = {}
-    for variant, (runtime, sections) in VARIANTS.items():  # variant by variant: compiling, the slowest, last
+    failed = 0
+    for variant, (runtime, sections) in variants.items():  # variant by variant: compiling, the slowest, last
         for model_name, model in models.items():
-            r = time_epochs(args.dry, args.device, model, runtime, sections, epochs)
-            baseline.setdefault(model_name, r["ms_per_step"])
-            r.update(model=model_name, variant=variant, ratio_to_defaults=r["ms_per_step"] / baseline[model_name])
+            try:
+                r = time_epochs(args.dry, args.device, model, runtime, sections, epochs)
+            except Exception as err:  # one broken switch (a compiler's bug) must not hide the others' numbers
+                failed += 1
+                first = (str(err).strip().splitlines() or [""])[0]
+                report["results"].append({"model": model_name, "variant": variant, "error": f"{type(err).__name__}: {first}"})
+                atomic_write_json(path, report)
+                traceback.print_exc()
+                print(f"[step-variants] {model_name} | {variant}: FAILED ({type(err).__name__})", flush=True)
+                continue
+            if variant == "device defaults":
+                baseline[model_name] = r["ms_per_step"]
+            ratio = r["ms_per_step"] / baseline[model_name] if model_name in baseline else None  # defaults failed: none
+            r.update(model=model_name, variant=variant, ratio_to_defaults=ratio)
             report["results"].append(r)
             atomic_write_json(path, report)  # after every variant: a time limit keeps what finished
             print(
                 f"[step-variants] {model_name} (width {r['width']:g}, d {r['d']}) | {variant}: {r['ms_per_step']:.2f} ms/step "
-                f"({r['images_per_s']:,.0f} img/s, x{r['ratio_to_defaults']:.2f} of the defaults)",
+                f"({r['images_per_s']:,.0f} img/s, x{r['ratio_to_defaults'] or float('nan'):.2f} of the defaults)",
                 flush=True,
             )
-    print(f"[step-variants] {path}")
-    return 0
+    print(f"[step-variants] {path}" + (f" ({failed} variant(s) failed)" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
