@@ -19,7 +19,6 @@ Writes ``paper-setting-<device>-<stamp>.json`` into ``--out``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import resource
 import sys
 import tempfile
@@ -28,10 +27,13 @@ from pathlib import Path
 
 import torch
 
-from fedunet import config, estimate, provenance
+from fedunet import config, estimate
 from fedunet.data import DatasetUnavailable, load_dataset
 from fedunet.federated import Simulation
 from fedunet.io import atomic_write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from device_report import start_report  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -133,25 +135,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     rounds = args.rounds or (1 if args.dry else 3)
     sizes = args.d or ([16] if args.dry else [1024, 128])
-    dev = torch.device(args.device)
-    desc = provenance.device_description(dev)
-    label = desc["name"].replace(" ", "-") if dev.type == "cuda" else "cpu"
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"paper-setting-{label}-{stamp}.json"
-    report = {
-        "kind": "paper-setting",
-        "dry": args.dry,
-        "device": desc,
-        "runs": [],
-        "provenance": {
-            "git": provenance.git_state(),
-            "packages": provenance.package_versions(),
-            "date": provenance.utc_now(),
-            "command": " ".join(sys.argv),
-        },
-    }
+    path, report = start_report("paper-setting", args.out, args.device, args.dry, runs=[])
     for d in sizes:
         r = one(d, args.dry, args.device, rounds, args.root, not args.no_estimate)
         report["runs"].append(r)

@@ -120,19 +120,26 @@ def _gb(x) -> str:
     return "-" if x is None else f"{x / 1e9:.2f}"
 
 
+def _device_header(data: dict, script: str) -> str:
+    """What ran where: the script, the device, torch, the commit and the date of a device report."""
+    dev, prov = data["device"], data["provenance"]
+    return (
+        f"`benchmarks/{script}`{' --dry (tiny sizes)' if data.get('dry') else ''} on {dev.get('name', '?')} "
+        f"({dev.get('type', '?')}{', CUDA ' + str(dev['cuda']) if dev.get('cuda') else ''}); torch "
+        f"{prov['packages'].get('torch', '?')}; commit {str(prov['git'].get('commit', '?'))[:12]}; {prov['date']}."
+    )
+
+
 def device_sections(results: Path) -> list[str]:
     """scripts/device-check.sh's files: the paper's setting timed, the study's estimated cost, the step
     under each runtime switch, the stages."""
     lines: list[str] = []
     for path in sorted(results.glob("paper-setting-*.json")):
         data = json.loads(path.read_text())
-        dev, prov = data["device"], data["provenance"]
         lines += [
             f"## Paper setting: {path.name}",
             "",
-            f"`benchmarks/paper_setting.py`{' --dry (tiny sizes)' if data.get('dry') else ''} on {dev.get('name', '?')} "
-            f"({dev.get('type', '?')}{', CUDA ' + str(dev['cuda']) if dev.get('cuda') else ''}); torch "
-            f"{prov['packages'].get('torch', '?')}; commit {str(prov['git'].get('commit', '?'))[:12]}; {prov['date']}. "
+            _device_header(data, "paper_setting.py") + " "
             "Seconds per round are the mean over the rounds (the first includes warm-up); the estimate is "
             "`fedunet estimate`'s prediction of the same run from throughput measured on the same device.",
             "",
@@ -176,12 +183,10 @@ def device_sections(results: Path) -> list[str]:
         lines.append("")
     for path in sorted(results.glob("step-variants-*.json")):
         data = json.loads(path.read_text())
-        dev, prov = data["device"], data["provenance"]
         lines += [
             f"## Step variants: {path.name}",
             "",
-            f"`benchmarks/step_variants.py`{' --dry (tiny sizes)' if data.get('dry') else ''} on {dev.get('name', '?')}; torch "
-            f"{prov['packages'].get('torch', '?')}; commit {str(prov['git'].get('commit', '?'))[:12]}; {prov['date']}. "
+            _device_header(data, "step_variants.py") + " "
             f"One client's local epoch (`Client.train`), median of {data['epochs']} after a warm-up epoch, with the "
             "device's runtime defaults and with one switch changed at a time; ratio: milliseconds per step over the "
             "defaults' (below 1: that switch makes the step faster).",

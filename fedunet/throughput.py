@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from fedunet.costs import forward_flops_per_sample, targets, training_flops_per_sample
 from fedunet.model import ModelSpec, build_model
+from fedunet.runtime import precision_and_layout
 
 if TYPE_CHECKING:
     from fedunet.workload import RunWork
@@ -86,19 +87,12 @@ def measure_throughput(
     steps: int = 10,
     warmup: int = 3,
     channels_last: bool = True,
-    bf16: bool | None = None,
+    bf16: bool = False,
 ) -> float:
     """Training images per second of one model on random data (forward, backward, SGD step):
-    exactly ``steps`` timed steps; bf16 by default on CUDA only."""
-    bf16 = torch.device(device).type == "cuda" if bf16 is None else bf16
+    exactly ``steps`` timed steps; fp32 unless ``bf16``, as the runs' default."""
     return measure(spec, device, batch_size, True, bf16, channels_last, steps=steps, warmup=warmup, min_seconds=0.0)
 
-
-def _runtime(cfg: dict, device: str) -> tuple[bool, bool]:
-    rt = cfg["runtime"]
-    bf16 = device.startswith("cuda") if rt["bf16"] == "auto" else bool(rt["bf16"])
-    channels_last = True if rt["channels_last"] == "auto" else bool(rt["channels_last"])
-    return bf16, channels_last
 
 
 @dataclass
@@ -157,7 +151,7 @@ def measure_prices(
     wanted: dict = {}
     weight: dict = defaultdict(float)  # FLOPs of the study each measurement prices
     for run in runs:
-        bf16, cl = _runtime(run.cfg, device)
+        bf16, cl = precision_and_layout(run.cfg["runtime"], torch.device(device).type)
         bs, ebs = run.cfg["training"]["batch_size"], run.cfg["eval"]["batch_size"]
         for w in run.clients:
             wanted.setdefault((w.spec, True), (bs, bf16, cl))

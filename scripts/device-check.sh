@@ -70,19 +70,21 @@ start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 left() { echo $(( budget - $(elapsed) )); }
 
+# skipped NAME REASON: say so and record the stage as skipped
+skipped() {
+  echo "[device-check] $1: skipped ($2)"
+  echo "{\"stage\": \"$1\", \"rc\": null, \"seconds\": 0, \"limit_s\": 0, \"skipped\": true}" >> "$logs/stages.jsonl"
+}
+
 # stage NAME LIMIT_SECONDS COMMAND...: run it under a time limit, log it, record name/rc/seconds
 stage() {
   local name="$1" limit="$2"; shift 2
   local t0=$(date +%s) rc
   if [ -n "$only" ] && [[ ",$only," != *",$name,"* ]]; then
-    echo "[device-check] $name: skipped (not in --only $only)"
-    echo "{\"stage\": \"$name\", \"rc\": null, \"seconds\": 0, \"limit_s\": 0, \"skipped\": true}" >> "$logs/stages.jsonl"
-    return 0
+    skipped "$name" "not in --only $only"; return 0
   fi
   if [ "$limit" -le 0 ]; then
-    echo "[device-check] $name: skipped (no time left of the ${budget}s budget)"
-    echo "{\"stage\": \"$name\", \"rc\": null, \"seconds\": 0, \"limit_s\": 0, \"skipped\": true}" >> "$logs/stages.jsonl"
-    return 0
+    skipped "$name" "no time left of the ${budget}s budget"; return 0
   fi
   echo "[device-check] $name (limit ${limit}s)"
   timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$logs/$name.log"
@@ -139,7 +141,7 @@ stage benchmarks $(( $(left) - 190 )) "$PY" -m pytest benchmarks -q -p no:cachep
 # 5. one step under each runtime switch (deterministic, bf16, channels_last, compile, no U-Net)
 step_args=(--out "$out" --device "$device")
 [ "$dry" = 1 ] && step_args+=(--dry)
-stage step-variants $(( $(left) - 60 < 150 ? $(left) - 60 : 150 )) "$PY" benchmarks/step_variants.py "${step_args[@]}"
+stage step-variants $(( $(left) - 60 < 200 ? $(left) - 60 : 200 )) "$PY" benchmarks/step_variants.py "${step_args[@]}"
 
 # 6. the paper study's cost on this device, if time is left (a minute or more)
 if [ "$dry" = 1 ]; then  # measuring is exercised by the paper-setting stage; here the study pricing

@@ -408,6 +408,24 @@ def test_deterministic_swaps_keep_the_state_dict_and_the_outputs():
     assert replace_nondeterministic(vgg) == [], "global pooling is already the mean"
 
 
+def test_auto_runtime_is_fp32_and_leaves_channels_last_only_under_inductor_on_cuda(monkeypatch):
+    """What step_variants.py measured on an H200: bf16 autocast slower than fp32 at these sizes, and
+    torch 2.11's inductor failing channels_last conv weight gradients (NCHW compiled)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    try:
+        def resolved(**runtime):
+            rt = resolve_runtime(cfg_of(runtime={"device": "cuda", **runtime}))
+            return rt.bf16, rt.channels_last
+
+        assert resolved() == (False, True)
+        assert resolved(compile=True) == (False, False)
+        assert resolved(compile=True, compile_backend="aot_eager") == (False, True)
+        assert resolved(compile=True, channels_last=True, bf16=True) == (True, True)  # asked for: given
+        assert resolve_runtime(cfg_of(runtime={"device": "cpu", "compile": True})).channels_last
+    finally:
+        resolve_runtime(cfg_of())  # back to the CPU runtime for the tests that follow
+
+
 def test_cuda_deterministic_sets_the_cublas_workspace(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
