@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,6 +59,11 @@ class Simulation:
         self.elapsed = 0.0
 
     # ------------------------------------------------------------ setup
+
+    @property
+    def chance_loss(self) -> float:
+        """ln C, the loss of a uniform guess over C classes: the least loss divergence is judged against."""
+        return math.log(self.data.num_classes)
 
     def build(self) -> None:
         """The clients and their data (``fedunet/population.py``), the method's setup and its first message."""
@@ -128,7 +134,7 @@ class Simulation:
             rec = per_client[c.index]
             rec.update(participated=True, train_loss=stats.loss, train_samples=stats.samples)
             rec["time_train_s"] = time.perf_counter() - t_client
-            reference = self.loss_references.setdefault(c.index, LossReference(factor))
+            reference = self.loss_references.setdefault(c.index, LossReference(factor, floor=self.chance_loss))
             if stats.finite:
                 loss_sum += stats.loss * stats.samples
                 loss_n += stats.samples

@@ -116,13 +116,22 @@ def best_round(rows: list[dict], key: str = "val_acc") -> dict | None:
     return max(scored, key=lambda r: (r[key], -r["round"])) if scored else None
 
 
-def divergence(loss: float, first_loss: float | None, factor: float) -> str:
+def divergence(loss: float, first_loss: float | None, factor: float, floor: float = 0.0) -> str:
     """Why a client's local training counts as diverged ('' when it does not): a loss that is
-    not finite, or one above ``factor`` times its reference loss (:class:`LossReference`)."""
+    not finite, or one above ``factor`` times its reference loss (:class:`LossReference`), the
+    reference never taken below ``floor``, the chance-level loss ln C: a client that fits its
+    two classes to a loss of 0.08 in round 1 has not exploded at 1.5 once a prototype term joins
+    in round 2 (FedTGP with lambda 10 was flagged so), while 10x chance is an explosion on any data."""
     if not math.isfinite(loss):
         return f"local training loss is {loss}"
-    if first_loss is not None and first_loss > 0 and loss > factor * first_loss:
-        return f"local training loss {loss:.4g} exceeds {factor:g}x its first rounds' value {first_loss:.4g}"
+    if first_loss is None:
+        return ""
+    reference = max(first_loss, floor)
+    if reference > 0 and loss > factor * reference:
+        base = f"its first rounds' value {first_loss:.4g}"
+        if floor > first_loss:
+            base = f"the chance-level loss {floor:.4g} (above {base})"
+        return f"local training loss {loss:.4g} exceeds {factor:g}x {base}"
     return ""
 
 
@@ -134,27 +143,42 @@ class LossReference:
     The reference is the series' first finite loss, raised to its second finite one unless that
     one already diverged: FedProto and others add their regularizer only from round 2, so the
     loss of round 2 may rightly be higher than round 1's, while an exploding round 2 never
-    becomes the reference.  ``value`` is ``None`` until a finite loss was added.
+    becomes the reference.  ``value`` is ``None`` until a finite loss was added; ``floor`` (ln C
+    for C classes; 0: none) is the least reference :func:`divergence` judges against.
     """
 
     factor: float
     value: float | None = None
     seen: int = 0  # finite losses added, counted up to 2 (later ones no longer move the reference)
+    floor: float = 0.0
 
     def add(self, loss: float) -> None:
         """Account for the next finite loss of the series."""
-        if self.seen == 0 or (self.seen == 1 and not divergence(loss, self.value, self.factor)):
+        if self.seen == 0 or (self.seen == 1 and not self.check(loss)):
             self.value = loss if self.value is None else max(self.value, loss)
         self.seen = min(self.seen + 1, 2)
 
     def check(self, loss: float) -> str:
         """Why ``loss`` counts as diverged against this reference ('' when it does not)."""
-        return divergence(loss, self.value, self.factor)
+        return divergence(loss, self.value, self.factor, self.floor)
 
     @classmethod
-    def of(cls, losses, factor: float) -> LossReference:
+    def first_divergence(cls, losses, factor: float, floor: float = 0.0) -> tuple[int, str] | None:
+        """``(index, why)`` of the first loss of a series the engine flags, replaying its way (each
+        finite loss added, then checked); ``None`` when it flags none."""
+        ref = cls(factor, floor=floor)
+        for i, loss in enumerate(losses):
+            if math.isfinite(loss):
+                ref.add(loss)
+            why = ref.check(loss)
+            if why:
+                return i, why
+        return None
+
+    @classmethod
+    def of(cls, losses, factor: float, floor: float = 0.0) -> LossReference:
         """The reference of a whole series (non-finite losses are skipped)."""
-        ref = cls(factor)
+        ref = cls(factor, floor=floor)
         for loss in losses:
             if math.isfinite(loss):
                 ref.add(loss)

@@ -214,7 +214,9 @@ def restore(sim: Simulation, state: dict) -> None:
     first = {int(k): v for k, v in json.loads(state.get("first_loss", "{}")).items()}
     seen = {int(k): v for k, v in json.loads(state.get("losses_seen", "{}")).items()}
     factor = sim.cfg["federated"]["divergence_factor"]
-    sim.loss_references = {i: LossReference(factor, first.get(i), seen.get(i, 0)) for i in sorted(first | seen)}
+    sim.loss_references = {
+        i: LossReference(factor, first.get(i), seen.get(i, 0), sim.chance_loss) for i in sorted(first | seen)
+    }
     sim.elapsed = state["elapsed"]
     sim.initial_sync_bytes = state["initial_sync_bytes"]
     sim.round = state["round"]

@@ -8,6 +8,7 @@ accept summaries written by earlier versions (missing keys have their old defaul
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
@@ -36,6 +37,7 @@ def build(sim: Simulation, started: str) -> dict:
         "method": cfg["method"],
         "seed": cfg["seed"],
         "dataset": cfg["dataset"]["name"],
+        "num_classes": sim.data.num_classes,  # background included for segmentation
         "architectures": [c.architecture for c in clients],
         # what each client trains: the U-Net beside the backbone, and extra models of the method
         "model": {"unet": clients[0].model.unet is not None, "aux_models": sorted(clients[0].aux)},
@@ -196,6 +198,19 @@ def communication(s: dict) -> dict:
 def diverged(s: dict) -> bool:
     """Whether the engine flagged a diverged client in any round."""
     return bool(s.get("diverged", {}).get("any") or any(e["event"] == "diverged" for e in s["events"]))
+
+
+# classes of the classification datasets, for runs whose summary predates ``num_classes``
+_CLASSES = {"cifar10": 10, "cifar100": 100, "fashion-mnist": 10}
+
+
+def chance_loss(s: dict) -> float:
+    """ln C, the loss of a uniform guess, the least reference divergence is judged against (0 when
+    an old summary's class count is unknown: no floor, the rule of that time)."""
+    n = s.get("num_classes") or _CLASSES.get(s["dataset"])
+    if n is None and s["dataset"] == "synthetic":
+        n = s["config"]["dataset"].get("synthetic", {}).get("num_classes", 10)
+    return math.log(n) if n else 0.0
 
 
 def divergence_factor(s: dict) -> float:

@@ -270,3 +270,7 @@ def test_a_regularizer_that_starts_in_round_two_is_not_divergence(tiny_cfg, tmp_
     assert run([2.0, 8.0, 60.0]) == [False, False, False]  # 60 < 10 x 8
     assert run([2.0, 8.0, 90.0]) == [False, False, True]
     assert run([2.0, 6e17, 2.0]) == [False, True, False]  # an exploding round 2 never becomes the reference
+    # 3 classes: the reference is never below ln 3 = 1.10 (a client that fits its data to 0.08 has
+    # not exploded at 1.5)
+    assert run([0.08, 1.5, 10.9]) == [False, False, False]
+    assert run([0.08, 11.1]) == [False, True]

@@ -89,6 +89,23 @@ def test_loss_reference_is_the_first_finite_loss_raised_to_the_second_unless_it_
     assert ref.value == reference and ref.seen == min(sum(map(math.isfinite, losses)), 2)
 
 
+def test_divergence_is_never_judged_against_less_than_the_chance_level_loss():
+    """FedTGP with lambda 10 was flagged wrongly: a client fit its two classes to 0.08 in round 1,
+    and the prototype term of round 2 took it to 1.5 while its accuracy rose. Ten times chance
+    (ln 10 = 2.30) is still an explosion: FedProto's 1.5 -> 27 under momentum stays flagged."""
+    chance = math.log(10)
+    assert divergence(1.5, 0.08, 10) and divergence(1.5, 0.08, 10, floor=chance) == ""
+    assert "chance-level loss 2.303" in divergence(24.0, 0.08, 10, floor=chance)
+    assert "first rounds' value 3" in divergence(31.0, 3.0, 10, floor=chance)  # above the floor: as before
+    assert LossReference.first_divergence([0.08, 1.5, 1.07, 0.9], 10) == (1, divergence(1.5, 0.08, 10))
+    assert LossReference.first_divergence([0.08, 1.5, 1.07, 0.9], 10, chance) is None
+    assert LossReference.first_divergence([1.5, 27.0, 64.0, 14036.0], 10, chance)[0] == 1
+    assert LossReference.first_divergence([2.0, 1.0, float("nan")], 10, chance)[0] == 2
+    ref = LossReference(10, floor=chance)  # a round 2 within the floor's reach raises the reference
+    ref.add(0.08), ref.add(1.5)
+    assert ref.value == 1.5 and ref.check(23.0) == "" and ref.check(23.1)
+
+
 def test_loss_reference_checks_against_its_value():
     ref = LossReference.of([2.0, 8.0], 10)
     assert ref.check(60.0) == "" and "exceeds 10x" in ref.check(90.0)

@@ -648,3 +648,30 @@ def test_segmentation_experiment_changes_no_classification_table(segmentation_st
         ours = generated.sub("on <time> from", (out / "tables" / name).read_text())
         alone = generated.sub("on <time> from", (tmp_path / name).read_text())
         assert ours == alone, name
+
+
+def test_tables_judge_divergence_by_todays_rule_on_each_clients_losses(monkeypatch):
+    """A run flagged by an older engine (no chance-level floor: FedTGP lambda 10 in
+    results/htfl-fmnist) is judged again from its clients' losses; a client's real explosion and a
+    round mean far above its first rounds' still count."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    from aggregate import _run_facts
+
+    summary = {"dataset": "fashion-mnist", "config": {"federated": {"divergence_factor": 10}}, "clients": [{}, {}],
+               "communication": {"initial_sync_bytes": 0, "payload_bytes_up_per_client": 0, "shared_tensor_bytes": 0},
+               "events": [{"event": "diverged", "round": 2, "client": 1}],
+               "diverged": {"any": True}}  # fmt: skip
+
+    def facts(client_losses: dict[int, list[float]], means: list[float]) -> dict:
+        rounds = len(means)
+        m = pd.DataFrame({"round": range(1, rounds + 1), "train_loss": means, "pers_acc": [0.5] * rounds,
+                          "global_acc": [0.5] * rounds, "participants": 2, "bytes_up": 0, "bytes_down": 0})  # fmt: skip
+        c = pd.DataFrame([{"round": r + 1, "client": k, "participated": True, "train_loss": loss}
+                          for k, series in client_losses.items() for r, loss in enumerate(series)])  # fmt: skip
+        c.loc[len(c)] = {"round": 2, "client": 0, "participated": False, "train_loss": float("nan")}  # sat out: no loss
+        return _run_facts(summary, m, c)
+
+    assert not facts({0: [0.5, 0.4, 0.3], 1: [0.08, 1.5, 1.07]}, [0.3, 0.9, 0.7])["diverged"]
+    assert facts({0: [0.5, 0.4, 0.3], 1: [1.5, 27.0, 64.0]}, [1.0, 14.0, 32.0])["diverged"]
+    assert facts({0: [0.5, 0.4, float("nan")], 1: [0.5, 0.4, 0.3]}, [0.5, 0.4, 0.3])["diverged"]
+    assert facts({0: [0.5, 0.4, 0.3], 1: [0.5, 0.4, 0.3]}, [2.5, 2.4, 30.0])["diverged"]  # the round means' rule

@@ -95,7 +95,7 @@ def _row(entry: dict, files: dict, scores: dict, protocols: tuple[str, str]) -> 
     """A run's row: its grid point, its scores, then divergence, convergence, traffic, timing and
     provenance (read the same way for every task; ``protocols``: the personalized and global score)."""
     s = files["summary"]
-    f, final, comm = _run_facts(s, files["metrics"], *protocols), run_summary.final(s), run_summary.communication(s)
+    f, final, comm = _run_facts(s, files["metrics"], files["clients"], *protocols), run_summary.final(s), run_summary.communication(s)
     return {
         **entry,
         "rounds": s["rounds"],
@@ -124,14 +124,18 @@ def _reading(model: dict) -> str:
     return f"{model['fusion']}-{model.get('fusion_source', 'decoder')}-{model.get('fusion_head', 'linear')}"
 
 
-def _run_facts(s: dict, m: pd.DataFrame, pers: str = "pers_acc", glob: str = "global_acc") -> dict:
-    """What the tables need beyond the summary, from the run's per-round metrics: divergence
-    (flagged by the engine, or a final loss far above the first round's for runs made before the
-    engine flagged it), whether the curves (``pers``, ``glob``) flattened, and traffic averaged over
-    every round."""
+def _run_facts(s: dict, m: pd.DataFrame, c: pd.DataFrame, pers: str = "pers_acc", glob: str = "global_acc") -> dict:
+    """What the tables need beyond the summary, from the run's per-round metrics (``m``) and per-client
+    rows (``c``): divergence (the engine's rule replayed on each client's losses, so that every run,
+    whenever it was made, is judged by today's rule; and a final round mean far above the first
+    rounds'), whether the curves (``pers``, ``glob``) flattened, and traffic averaged over every round."""
+    factor, floor = run_summary.divergence_factor(s), run_summary.chance_loss(s)
     losses = m["train_loss"].tolist()
-    reference = LossReference.of(losses, run_summary.divergence_factor(s))  # the engine's rule, on the round means
-    flagged = run_summary.diverged(s)
+    reference = LossReference.of(losses, factor, floor)  # the engine's rule, on the round means
+    trained = c[c["participated"].astype(bool)].sort_values("round")
+    flagged = any(
+        LossReference.first_divergence(series.tolist(), factor, floor) for _, series in trained.groupby("client")["train_loss"]
+    )
     evaluated = m.dropna(subset=[pers])
     ok_p, delta_p = flattened(evaluated[pers].tolist())
     ok_g, delta_g = flattened(evaluated[glob].tolist()) if glob in m else (True, math.nan)
