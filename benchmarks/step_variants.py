@@ -54,8 +54,11 @@ VARIANTS = {
     # inductor on CUDA compiles NCHW by default: torch 2.11's failed channels_last conv weight gradients
     # on an H200; this says whether the installed torch still does
     "compiled, channels_last": ({"compile": True, "channels_last": True}, {}),
+    # CUDA graphs: each compiled graph's launches replayed as one (a launch-bound step's remedy)
+    "compiled, reduce-overhead": ({"compile": True, "compile_mode": "reduce-overhead"}, {}),
 }
-PROBES = {"compiled, channels_last"}  # may fail on a torch with the bug they probe: recorded, not a failed check
+# may fail on a torch with the bug they probe, or with the mode they try: recorded, not a failed check
+PROBES = {"compiled, channels_last", "compiled, reduce-overhead"}
 MODELS = {  # name -> model section over bench_engine.settings (narrow: its own, width 1/8)
     "narrow": {},
     "full width": {"width": 1.0, "unet": {"d": 128}},
@@ -65,6 +68,8 @@ MODELS = {  # name -> model section over bench_engine.settings (narrow: its own,
 def time_epochs(dry: bool, device: str, model: dict, runtime: dict, sections: dict, epochs: int) -> dict:
     if runtime.get("compile"):
         runtime = {**runtime, "compile_backend": "inductor" if device.startswith("cuda") else "aot_eager"}
+        if runtime["compile_backend"] != "inductor":  # modes are inductor's: off CUDA the plain compile path
+            runtime.pop("compile_mode", None)
     rt = {"device": device, "progress": False, "checkpoint_every": 0, **runtime}
     if dry:
         rt["threads"] = 1

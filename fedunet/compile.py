@@ -39,6 +39,9 @@ import torch
 from torch import Tensor, nn
 
 BACKENDS = ("inductor", "aot_eager", "eager")
+# inductor's modes; reduce-overhead replays each graph's kernel launches as one CUDA graph (what a
+# launch-bound step needs: benchmarks/missed_goals.md); the others take no mode
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Graphs one region may hold: train and eval mode x diagnostics (norms, two ablations) x the
 # batch-size classes a backend specializes on (on CPU a convolution picks its kernel by batch
 # size: >= 16 or not; a batch of one is its own class) stays below 20.
@@ -60,19 +63,20 @@ def _features(model: nn.Module, x: Tensor) -> Tensor:
 ENTRIES: dict[str, Callable[[nn.Module, Tensor], Tensor]] = {"forward": _forward, "features": _features}
 
 
-def compile_region(fn: Callable, backend: str, recompile_limit: int) -> Callable:
-    """``torch.compile(fn)`` with a recompile cache and budget of its own.
+def compile_region(fn: Callable, backend: str, recompile_limit: int, mode: str = "default") -> Callable:
+    """``torch.compile(fn)`` with a recompile cache and budget of its own (``mode``: inductor's).
 
     Without the ``isolate_recompiles`` option, the cache is isolated the way Dynamo keys it: by code
     object, so the region compiles a private copy of ``fn``'s code; the budget is then Dynamo's
     per-code-object limit, set process-wide."""
+    modal = {"mode": mode} if mode != "default" else {}
     if ISOLATES_RECOMPILES:
-        return torch.compile(fn, backend=backend, isolate_recompiles=True, recompile_limit=recompile_limit)
+        return torch.compile(fn, backend=backend, isolate_recompiles=True, recompile_limit=recompile_limit, **modal)
     private = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
     dynamo_config = torch._dynamo.config
     name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
     setattr(dynamo_config, name, recompile_limit)
-    return torch.compile(private, backend=backend)
+    return torch.compile(private, backend=backend, **modal)
 
 
 def cache_dir() -> Path:
@@ -131,10 +135,13 @@ def region_key(model: nn.Module) -> Hashable | None:
 class Compiler:
     """Compiled regions shared by every client of a run (see the module docstring)."""
 
-    def __init__(self, backend: str = "inductor", recompile_limit: int | None = None):
+    def __init__(self, backend: str = "inductor", recompile_limit: int | None = None, mode: str = "default"):
         if backend not in BACKENDS:
             raise ValueError(f"runtime.compile_backend: {backend!r} is not allowed; allowed values: {', '.join(BACKENDS)}")
-        self.backend = backend
+        if mode not in MODES or (mode != "default" and backend != "inductor"):
+            allowed = ", ".join(MODES) if backend == "inductor" else "default (the other modes are inductor's)"
+            raise ValueError(f"runtime.compile_mode: {mode!r} is not allowed with backend {backend}; allowed values: {allowed}")
+        self.backend, self.mode = backend, mode
         self.recompile_limit = recompile_limit or RECOMPILE_LIMIT
         self.regions: dict[tuple, Callable] = {}
         self.cache = use_persistent_cache() if backend == "inductor" else None
@@ -148,7 +155,7 @@ class Compiler:
             return ENTRIES[entry](model, x)
         fn = self.regions.get((key, entry))
         if fn is None:
-            fn = compile_region(ENTRIES[entry], self.backend, self.recompile_limit)
+            fn = compile_region(ENTRIES[entry], self.backend, self.recompile_limit, self.mode)
             self.regions[(key, entry)] = fn
         if x.dim() > 0 and x.shape[0] > 1:
             torch._dynamo.maybe_mark_dynamic(x, 0)

@@ -58,7 +58,7 @@ def build(cfg: dict, rt: Runtime) -> Population:
         masks = pad_masks(data.train_masks, aug.crop_padding, IGNORE_INDEX) if aug.crop_padding > 0 else None
         loader_class = partial(MaskLoader, ignore_index=IGNORE_INDEX, padded_masks=masks)
     # one compiled region per distinct architecture, shared by its clients (fedunet/compile.py)
-    compiler = Compiler(rt.compile_backend) if rt.compile else None
+    compiler = Compiler(rt.compile_backend, mode=rt.compile_mode) if rt.compile else None
     cuda_deterministic = rt.device.type == "cuda" and rt.deterministic
     clients: list[Client] = []
     for i, spec in enumerate(model_specs(cfg, data)):

@@ -121,6 +121,11 @@ def resumable_checkpoint(directory: Path, cfg: dict, restart_stale: bool) -> dic
     return state
 
 
+# result settings recorded only when not at their default (Runtime.result_settings), so that the
+# segments of runs made before they existed compare equal
+OPTIONAL_SETTINGS = ("compile_mode",)
+
+
 def runtime_changes(segments: list[dict], rt: Runtime) -> list[str]:
     """Result-changing runtime settings (``Runtime.result_settings``) in which ``rt`` differs from
     the last recorded segment of the run, as ``name: before -> now``."""
@@ -128,7 +133,8 @@ def runtime_changes(segments: list[dict], rt: Runtime) -> list[str]:
     if last is None:
         return []
     now = rt.result_settings()
-    return [f"{k}: {last.get(k)!r} -> {v!r}" for k, v in now.items() if last.get(k) != v]
+    keys = [*now, *(k for k in OPTIONAL_SETTINGS if k in last and k not in now)]
+    return [f"{k}: {last.get(k)!r} -> {now.get(k)!r}" for k in keys if last.get(k) != now.get(k)]
 
 
 def check_runtime(directory: Path, segments: list[dict], rt: Runtime, allow_runtime_change: bool) -> None:

@@ -31,12 +31,13 @@ class Runtime:
     deterministic: bool = True
     compile_backend: str = "inductor"
     threads: int = 1
+    compile_mode: str = "default"
 
     def result_settings(self) -> dict:
         """The settings that change a run's numbers (measured: each of them does on CPU), as
         recorded per segment of a run and compared on resume.  CPU threads count only on CPU;
-        the compile backend only with compile on."""
-        return {
+        the compile backend (and a mode other than the default) only with compile on."""
+        settings = {
             "device": self.device.type,
             "bf16": self.bf16,
             "channels_last": self.channels_last,
@@ -45,6 +46,9 @@ class Runtime:
             "deterministic": self.deterministic,
             "threads": self.threads if self.device.type == "cpu" else None,
         }
+        if self.compile and self.compile_mode != "default":  # absent otherwise: older runs' segments compare equal
+            settings["compile_mode"] = self.compile_mode
+        return settings
 
 
 # cuBLAS needs a fixed workspace to be deterministic (CUDA >= 10.2); read when its handle is
@@ -94,4 +98,5 @@ def resolve_runtime(cfg: dict) -> Runtime:
         deterministic=rt["deterministic"],
         compile_backend=rt.get("compile_backend", "inductor"),
         threads=torch.get_num_threads(),
+        compile_mode=rt.get("compile_mode", "default"),
     )

@@ -43,13 +43,14 @@ def test_device_check_dry_runs_every_stage_and_renders(tmp_path):
         assert run["train_images_per_s"] > 0 and run["peak_host_bytes"] > 0 and run["estimate"]["wall_s"] > 0
     (steps,) = tmp_path.glob("step-variants-*.json")
     variants = json.loads(steps.read_text())["results"]
-    assert [v["variant"] for v in variants][0] == "device defaults" and len(variants) == 7
+    assert [v["variant"] for v in variants][0] == "device defaults" and len(variants) == 8
     assert all(v["ms_per_step"] > 0 and v["steps"] >= 1 for v in variants) and variants[0]["ratio_to_defaults"] == 1
     runtimes = {v["variant"]: v["runtime"] for v in variants}  # each variant changed what it names, as resolved
     assert runtimes["deterministic off"]["deterministic"] is False and runtimes["device defaults"]["deterministic"] is True
     assert runtimes["NCHW (no channels_last)"]["channels_last"] is False and runtimes["compiled"]["compile"] is True
     assert runtimes["bf16 autocast"]["bf16"] is True and runtimes["device defaults"]["bf16"] is False
     assert runtimes["compiled, channels_last"]["channels_last"] is True
+    assert runtimes["compiled, reduce-overhead"]["compile"] is True  # off CUDA: the plain compile path
     assert {v["variant"]: v["method"] for v in variants}["backbone alone (no U-Net)"] == "fedavg"
     (est,) = tmp_path.glob("estimate-*.json")
     assert json.loads(est.read_text())["totals"]["job_s"] > 0

@@ -62,6 +62,19 @@ def test_runtime_changes_compare_with_the_last_recorded_segment(tiny_cfg):
     rundir.check_runtime(".", [{**same, "bf16": True}], rt, allow_runtime_change=True)  # allowed: a warning
 
 
+
+def test_a_compile_mode_is_a_result_setting_only_when_set(tiny_cfg):
+    """Segments written before runtime.compile_mode existed have no such key and compare equal; a
+    run compiled with reduce-overhead does not resume in the default mode unnoticed, nor the reverse."""
+    plain = resolve_runtime(tiny_cfg(runtime={"compile": True, "compile_backend": "aot_eager"}))
+    graphs = resolve_runtime(tiny_cfg(runtime={"compile": True, "compile_mode": "reduce-overhead"}))
+    assert "compile_mode" not in plain.result_settings() and graphs.result_settings()["compile_mode"] == "reduce-overhead"
+    assert rundir.runtime_changes([rundir.segment("then", 0, plain)], plain) == []
+    before = rundir.segment("then", 0, graphs)
+    assert "compile_mode: 'reduce-overhead' -> None" in rundir.runtime_changes([before], plain)
+    assert "compile_mode: None -> 'reduce-overhead'" in rundir.runtime_changes([rundir.segment("then", 0, plain)], graphs)
+
+
 def test_existing_run_is_not_overwritten(tiny_cfg, tmp_path):
     cfg = tiny_cfg()
     train(cfg, tmp_path)

@@ -102,6 +102,27 @@ def test_each_region_has_its_own_recompile_budget(monkeypatch, request, isolatio
     assert fcompile.fallback_count() == before
 
 
+def test_compile_mode_reaches_torch_compile_and_is_inductors_only(monkeypatch, request):
+    """runtime.compile_mode: reduce-overhead (CUDA graphs) is passed to torch.compile; another
+    backend with a mode is refused naming the field and the allowed values."""
+    dynamo = torch._dynamo.config
+    name = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
+    limit = getattr(dynamo, name)  # the code-copy path sets it process-wide
+    request.addfinalizer(lambda: setattr(dynamo, name, limit))
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.append(kwargs) or fn)
+    model = ClientModel(ModelSpec("cnn", 3, 16, 3, width=0.25, unet_d=16))
+    for isolates in (True, False):
+        monkeypatch.setattr(fcompile, "ISOLATES_RECOMPILES", isolates)
+        fcompile.Compiler("inductor", mode="reduce-overhead")(model, "forward", torch.randn(2, 3, 16, 16))
+        fcompile.Compiler("inductor")(model, "forward", torch.randn(2, 3, 16, 16))
+    assert [k.get("mode") for k in seen] == ["reduce-overhead", None, "reduce-overhead", None]
+    with pytest.raises(ValueError, match=r"runtime.compile_mode: 'reduce-overhead' is not allowed with backend aot_eager; allowed values: default"):
+        fcompile.Compiler("aot_eager", mode="reduce-overhead")
+    with pytest.raises(ValueError, match=r"allowed values: default, reduce-overhead"):
+        fcompile.Compiler("inductor", mode="fast")
+
+
 def test_a_compile_fallback_is_recorded_in_the_events(tmp_path, monkeypatch):
     """Forced: a region allowed one graph needs a second one for evaluation (inference mode) and
     Dynamo falls back; the run goes on and events.jsonl says so."""
