@@ -51,11 +51,11 @@ VARIANTS = {
     # FedAvg's model: the VGG16 alone (FedAvg needs one architecture; the timed client is a VGG16)
     "backbone alone (no U-Net)": ({}, {"method": "fedavg", "model": {"architectures": ["vgg16"]}}),
     "compiled": ({"compile": True}, {}),
+    # CUDA graphs: each compiled graph's launches replayed as one (a launch-bound step's remedy)
+    "compiled, reduce-overhead": ({"compile": True, "compile_mode": "reduce-overhead"}, {}),
     # inductor on CUDA compiles NCHW by default: torch 2.11's failed channels_last conv weight gradients
     # on an H200; this says whether the installed torch still does
     "compiled, channels_last": ({"compile": True, "channels_last": True}, {}),
-    # CUDA graphs: each compiled graph's launches replayed as one (a launch-bound step's remedy)
-    "compiled, reduce-overhead": ({"compile": True, "compile_mode": "reduce-overhead"}, {}),
 }
 # may fail on a torch with the bug they probe, or with the mode they try: recorded, not a failed check
 PROBES = {"compiled, channels_last", "compiled, reduce-overhead"}

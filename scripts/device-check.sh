@@ -141,7 +141,7 @@ stage benchmarks $(( $(left) - 190 )) "$PY" -m pytest benchmarks -q -p no:cachep
 # 5. one step under each runtime switch (deterministic, bf16, channels_last, compile, no U-Net)
 step_args=(--out "$out" --device "$device")
 [ "$dry" = 1 ] && step_args+=(--dry)
-stage step-variants $(( $(left) - 60 < 200 ? $(left) - 60 : 200 )) "$PY" benchmarks/step_variants.py "${step_args[@]}"
+stage step-variants $(( $(left) - 60 < 260 ? $(left) - 60 : 260 )) "$PY" benchmarks/step_variants.py "${step_args[@]}"
 
 # 6. the paper study's cost on this device, if time is left (a minute or more)
 if [ "$dry" = 1 ]; then  # measuring is exercised by the paper-setting stage; here the study pricing
