@@ -198,9 +198,10 @@ def device_sections(results: Path) -> list[str]:
             if "error" in r:  # a variant that raised: its error, not a number
                 lines.append(f"| {r['model']} | | {r['variant']} | failed: `{r['error']}` | | | |")
                 continue
+            ratio = "" if r["ratio_to_defaults"] is None else f"{r['ratio_to_defaults']:.2f}"  # None: the defaults failed
             lines.append(
                 f"| {r['model']} (width {r['width']:g}, d {r['d']}) | {r['architecture']} | {r['variant']} "
-                f"| {r['ms_per_step']:.2f} | {r['images_per_s']:,.0f} | {'' if r['ratio_to_defaults'] is None else format(r['ratio_to_defaults'], '.2f')} | {r['warmup_s']:.1f} |"
+                f"| {r['ms_per_step']:.2f} | {r['images_per_s']:,.0f} | {ratio} | {r['warmup_s']:.1f} |"
             )
         lines.append("")
     for path in sorted(results.glob("device-check-*.json")):

@@ -131,9 +131,8 @@ def main(argv=None) -> int:
             except Exception as err:  # one broken switch (a compiler's bug) must not hide the others' numbers
                 failed += variant not in PROBES
                 first = (str(err).strip().splitlines() or [""])[0]
-                report["results"].append(
-                    {"model": model_name, "variant": variant, "error": f"{type(err).__name__}: {first}", "probe": variant in PROBES}
-                )
+                error = f"{type(err).__name__}: {first}"
+                report["results"].append({"model": model_name, "variant": variant, "error": error, "probe": variant in PROBES})
                 atomic_write_json(path, report)
                 traceback.print_exc()
                 print(f"[step-variants] {model_name} | {variant}: FAILED ({type(err).__name__})", flush=True)

@@ -95,7 +95,8 @@ def _row(entry: dict, files: dict, scores: dict, protocols: tuple[str, str]) -> 
     """A run's row: its grid point, its scores, then divergence, convergence, traffic, timing and
     provenance (read the same way for every task; ``protocols``: the personalized and global score)."""
     s = files["summary"]
-    f, final, comm = _run_facts(s, files["metrics"], files["clients"], *protocols), run_summary.final(s), run_summary.communication(s)
+    f = _run_facts(s, files["metrics"], files["clients"], *protocols)
+    final, comm = run_summary.final(s), run_summary.communication(s)
     return {
         **entry,
         "rounds": s["rounds"],
