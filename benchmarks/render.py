@@ -11,6 +11,11 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def variant_label(r: dict) -> str:
+    """A timed step variant's name, with what it could not apply on that device (step_variants.py)."""
+    return r["variant"] + (f" ({r['note']})" if r.get("note") else "")
+
+
 def machine(data: dict) -> str:
     m = data["machine_info"]
     cpu = m.get("cpu", {}).get("brand_raw", m.get("processor", "?"))
@@ -200,7 +205,7 @@ def device_sections(results: Path) -> list[str]:
                 continue
             ratio = "" if r["ratio_to_defaults"] is None else f"{r['ratio_to_defaults']:.2f}"  # None: the defaults failed
             lines.append(
-                f"| {r['model']} (width {r['width']:g}, d {r['d']}) | {r['architecture']} | {r['variant']} "
+                f"| {r['model']} (width {r['width']:g}, d {r['d']}) | {r['architecture']} | {variant_label(r)} "
                 f"| {r['ms_per_step']:.2f} | {r['images_per_s']:,.0f} | {ratio} | {r['warmup_s']:.1f} |"
             )
         lines.append("")

@@ -37,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import settings, simulation  # noqa: E402
 from device_report import start_report  # noqa: E402
+from render import variant_label  # noqa: E402
 
 from fedunet.io import atomic_write_json  # noqa: E402
 
@@ -66,10 +67,12 @@ MODELS = {  # name -> model section over bench_engine.settings (narrow: its own,
 
 
 def time_epochs(dry: bool, device: str, model: dict, runtime: dict, sections: dict, epochs: int) -> dict:
+    note = ""  # what the variant could not apply here, said beside its numbers
     if runtime.get("compile"):
         runtime = {**runtime, "compile_backend": "inductor" if device.startswith("cuda") else "aot_eager"}
-        if runtime["compile_backend"] != "inductor":  # modes are inductor's: off CUDA the plain compile path
-            runtime.pop("compile_mode", None)
+        if runtime["compile_backend"] != "inductor" and "compile_mode" in runtime:  # modes are inductor's
+            mode = runtime.pop("compile_mode")
+            note = f"compile_mode {mode} not applied: inductor's, {runtime['compile_backend']} here"
     rt = {"device": device, "progress": False, "checkpoint_every": 0, **runtime}
     if dry:
         rt["threads"] = 1
@@ -103,6 +106,7 @@ def time_epochs(dry: bool, device: str, model: dict, runtime: dict, sections: di
         "ms_per_step": 1e3 * median / steps,
         "images_per_s": client.num_train / median,
         "runtime": sim.rt.result_settings(),  # as resolved on this device
+        **({"note": note} if note else {}),
     }
 
 
@@ -144,7 +148,7 @@ def main(argv=None) -> int:
             report["results"].append(r)
             atomic_write_json(path, report)  # after every variant: a time limit keeps what finished
             print(
-                f"[step-variants] {model_name} (width {r['width']:g}, d {r['d']}) | {variant}: {r['ms_per_step']:.2f} ms/step "
+                f"[step-variants] {model_name} (width {r['width']:g}, d {r['d']}) | {variant_label(r)}: {r['ms_per_step']:.2f} ms/step "
                 f"({r['images_per_s']:,.0f} img/s, x{r['ratio_to_defaults'] or float('nan'):.2f} of the defaults)",
                 flush=True,
             )

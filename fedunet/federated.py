@@ -134,12 +134,10 @@ class Simulation:
             rec = per_client[c.index]
             rec.update(participated=True, train_loss=stats.loss, train_samples=stats.samples)
             rec["time_train_s"] = time.perf_counter() - t_client
-            reference = self.loss_references.setdefault(c.index, LossReference(factor, floor=self.chance_loss))
             if stats.finite:
                 loss_sum += stats.loss * stats.samples
                 loss_n += stats.samples
-                reference.add(stats.loss)
-            why = reference.check(stats.loss)
+            why = self.loss_references.setdefault(c.index, LossReference(factor, floor=self.chance_loss)).observe(stats.loss)
             if why:
                 diverged += 1
                 rec["diverged"] = True

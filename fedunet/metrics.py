@@ -162,15 +162,20 @@ class LossReference:
         """Why ``loss`` counts as diverged against this reference ('' when it does not)."""
         return divergence(loss, self.value, self.factor, self.floor)
 
+    def observe(self, loss: float) -> str:
+        """Take the series' next loss as the engine does, each round: a finite one is added, then
+        every one is checked.  Returns why it counts as diverged ('' when it does not)."""
+        if math.isfinite(loss):
+            self.add(loss)
+        return self.check(loss)
+
     @classmethod
     def first_divergence(cls, losses, factor: float, floor: float = 0.0) -> tuple[int, str] | None:
-        """``(index, why)`` of the first loss of a series the engine flags, replaying its way (each
-        finite loss added, then checked); ``None`` when it flags none."""
+        """``(index, why)`` of the first loss of a series the engine flags (:meth:`observe`, in
+        order); ``None`` when it flags none."""
         ref = cls(factor, floor=floor)
         for i, loss in enumerate(losses):
-            if math.isfinite(loss):
-                ref.add(loss)
-            why = ref.check(loss)
+            why = ref.observe(loss)
             if why:
                 return i, why
         return None

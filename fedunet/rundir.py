@@ -121,9 +121,9 @@ def resumable_checkpoint(directory: Path, cfg: dict, restart_stale: bool) -> dic
     return state
 
 
-# result settings recorded only when not at their default (Runtime.result_settings), so that the
-# segments of runs made before they existed compare equal
-OPTIONAL_SETTINGS = ("compile_mode",)
+# result settings added after runs were first recorded, with the value a segment that lacks them
+# was trained with (Runtime.result_settings)
+SETTINGS_ADDED_LATER = {"compile_mode": "default"}
 
 
 def runtime_changes(segments: list[dict], rt: Runtime) -> list[str]:
@@ -132,9 +132,8 @@ def runtime_changes(segments: list[dict], rt: Runtime) -> list[str]:
     last = next((seg for seg in reversed(segments) if seg.get("recorded", True)), None)
     if last is None:
         return []
-    now = rt.result_settings()
-    keys = [*now, *(k for k in OPTIONAL_SETTINGS if k in last and k not in now)]
-    return [f"{k}: {last.get(k)!r} -> {now.get(k)!r}" for k in keys if last.get(k) != now.get(k)]
+    before, now = {**SETTINGS_ADDED_LATER, **last}, rt.result_settings()
+    return [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in now.items() if before.get(k) != v]
 
 
 def check_runtime(directory: Path, segments: list[dict], rt: Runtime, allow_runtime_change: bool) -> None:

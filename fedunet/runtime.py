@@ -36,8 +36,8 @@ class Runtime:
     def result_settings(self) -> dict:
         """The settings that change a run's numbers (measured: each of them does on CPU), as
         recorded per segment of a run and compared on resume.  CPU threads count only on CPU;
-        the compile backend (and a mode other than the default) only with compile on."""
-        settings = {
+        the compile backend only with compile on, and its mode is "default" without it."""
+        return {
             "device": self.device.type,
             "bf16": self.bf16,
             "channels_last": self.channels_last,
@@ -45,10 +45,8 @@ class Runtime:
             "compile_backend": self.compile_backend if self.compile else None,
             "deterministic": self.deterministic,
             "threads": self.threads if self.device.type == "cpu" else None,
+            "compile_mode": self.compile_mode if self.compile else "default",
         }
-        if self.compile and self.compile_mode != "default":  # absent otherwise: older runs' segments compare equal
-            settings["compile_mode"] = self.compile_mode
-        return settings
 
 
 # cuBLAS needs a fixed workspace to be deterministic (CUDA >= 10.2); read when its handle is

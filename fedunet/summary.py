@@ -14,7 +14,7 @@ import socket
 import sys
 from typing import TYPE_CHECKING
 
-from fedunet import metrics
+from fedunet import costs, metrics
 from fedunet.methods.base import SERVER_PREFIX
 from fedunet.model import count_parameters, state_nbytes
 from fedunet.provenance import device_description, git_state, package_versions, utc_now
@@ -200,17 +200,10 @@ def diverged(s: dict) -> bool:
     return bool(s.get("diverged", {}).get("any") or any(e["event"] == "diverged" for e in s["events"]))
 
 
-# classes of the classification datasets, for runs whose summary predates ``num_classes``
-_CLASSES = {"cifar10": 10, "cifar100": 100, "fashion-mnist": 10}
-
-
 def chance_loss(s: dict) -> float:
-    """ln C, the loss of a uniform guess, the least reference divergence is judged against (0 when
-    an old summary's class count is unknown: no floor, the rule of that time)."""
-    n = s.get("num_classes") or _CLASSES.get(s["dataset"])
-    if n is None and s["dataset"] == "synthetic":
-        n = s["config"]["dataset"].get("synthetic", {}).get("num_classes", 10)
-    return math.log(n) if n else 0.0
+    """ln C, the loss of a uniform guess, the least reference divergence is judged against.  A
+    summary written before it recorded ``num_classes`` has C from its config's dataset."""
+    return math.log(s.get("num_classes") or costs.geometry(s["config"])[2])
 
 
 def divergence_factor(s: dict) -> float:

@@ -50,7 +50,9 @@ def test_device_check_dry_runs_every_stage_and_renders(tmp_path):
     assert runtimes["NCHW (no channels_last)"]["channels_last"] is False and runtimes["compiled"]["compile"] is True
     assert runtimes["bf16 autocast"]["bf16"] is True and runtimes["device defaults"]["bf16"] is False
     assert runtimes["compiled, channels_last"]["channels_last"] is True
-    assert runtimes["compiled, reduce-overhead"]["compile"] is True  # off CUDA: the plain compile path
+    graphs = next(v for v in variants if v["variant"] == "compiled, reduce-overhead")  # off CUDA: plain compile
+    assert graphs["runtime"]["compile"] is True and graphs["runtime"]["compile_mode"] == "default"
+    assert graphs["note"] == "compile_mode reduce-overhead not applied: inductor's, aot_eager here"
     assert {v["variant"]: v["method"] for v in variants}["backbone alone (no U-Net)"] == "fedavg"
     (est,) = tmp_path.glob("estimate-*.json")
     assert json.loads(est.read_text())["totals"]["job_s"] > 0
@@ -58,6 +60,7 @@ def test_device_check_dry_runs_every_stage_and_renders(tmp_path):
     for section in ("## Paper setting: paper-setting-", "## Study cost: estimate-", "## Step variants: step-variants-",
                     "## Device check: device-check-"):
         assert section in readme
+    assert f"| compiled, reduce-overhead ({graphs['note']}) |" in readme  # the table says what really ran
     assert took < 300, f"the dry run took {took:.0f} s"
 
 

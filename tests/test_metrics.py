@@ -84,9 +84,18 @@ def test_loss_reference_is_the_first_finite_loss_raised_to_the_second_unless_it_
     assert LossReference.of(losses, 10).value == reference
     ref = LossReference(10)  # the engine's way: one loss at a time
     for loss in losses:
-        if math.isfinite(loss):
-            ref.add(loss)
+        ref.observe(loss)
     assert ref.value == reference and ref.seen == min(sum(map(math.isfinite, losses)), 2)
+
+
+def test_observe_adds_a_finite_loss_before_checking_and_only_checks_the_others():
+    """The engine's order, in one place: round 1 sets the reference (so is never flagged), an
+    exploding round 2 is flagged and does not become the reference, a NaN is flagged and never
+    becomes nor moves it."""
+    ref = LossReference(10)
+    losses = [float("nan"), 2.0, 6e17, float("nan"), 19.0, 21.0]
+    assert [ref.observe(loss) != "" for loss in losses] == [True, False, True, True, False, True]
+    assert ref.value == 2.0 and ref.seen == 2
 
 
 def test_divergence_is_never_judged_against_less_than_the_chance_level_loss():

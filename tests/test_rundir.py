@@ -63,16 +63,19 @@ def test_runtime_changes_compare_with_the_last_recorded_segment(tiny_cfg):
 
 
 
-def test_a_compile_mode_is_a_result_setting_only_when_set(tiny_cfg):
-    """Segments written before runtime.compile_mode existed have no such key and compare equal; a
-    run compiled with reduce-overhead does not resume in the default mode unnoticed, nor the reverse."""
-    plain = resolve_runtime(tiny_cfg(runtime={"compile": True, "compile_backend": "aot_eager"}))
+def test_a_segment_without_a_later_setting_compares_as_its_default(tiny_cfg):
+    """Segments written before runtime.compile_mode existed have no such key and were trained in the
+    default mode; a run compiled with reduce-overhead does not resume in the default mode unnoticed,
+    nor the reverse.  Without compile the mode has no effect and reads "default"."""
+    plain = resolve_runtime(tiny_cfg(runtime={"compile": True}))
     graphs = resolve_runtime(tiny_cfg(runtime={"compile": True, "compile_mode": "reduce-overhead"}))
-    assert "compile_mode" not in plain.result_settings() and graphs.result_settings()["compile_mode"] == "reduce-overhead"
-    assert rundir.runtime_changes([rundir.segment("then", 0, plain)], plain) == []
-    before = rundir.segment("then", 0, graphs)
-    assert "compile_mode: 'reduce-overhead' -> None" in rundir.runtime_changes([before], plain)
-    assert "compile_mode: None -> 'reduce-overhead'" in rundir.runtime_changes([rundir.segment("then", 0, plain)], graphs)
+    eager = resolve_runtime(tiny_cfg(runtime={"compile_mode": "reduce-overhead"}))
+    assert plain.result_settings()["compile_mode"] == eager.result_settings()["compile_mode"] == "default"
+    assert graphs.result_settings()["compile_mode"] == "reduce-overhead"
+    older = {k: v for k, v in rundir.segment("then", 0, plain).items() if k != "compile_mode"}
+    assert rundir.runtime_changes([older], plain) == []
+    assert rundir.runtime_changes([older], graphs) == ["compile_mode: 'default' -> 'reduce-overhead'"]
+    assert "compile_mode: 'reduce-overhead' -> 'default'" in rundir.runtime_changes([rundir.segment("then", 0, graphs)], plain)
 
 
 def test_existing_run_is_not_overwritten(tiny_cfg, tmp_path):

@@ -1,10 +1,13 @@
 """summary.json: what a run's summary holds, and the readers the study tables use."""
 
 import copy
+import math
 
 import pytest
+from helpers import seg_tiny_raw
 from test_federated import read_metrics
 
+from fedunet import config
 from fedunet import summary as run_summary
 from fedunet.federated import Simulation, train
 
@@ -133,3 +136,17 @@ def test_segmentation_best_round_is_chosen_on_validation_miou_never_on_a_test_se
     assert run_summary.task(s) == "segmentation" and run_summary.best(s)["pers_miou"] == 0.2
     s["best"] = {**best, "selected_by": "pers_miou"}  # chosen on a test set: not reported as a best round
     assert set(run_summary.best(s).values()) == {None}
+
+
+def test_chance_loss_is_ln_of_the_recorded_class_count_else_of_the_configs_dataset(tiny_cfg):
+    """Summaries written before ``num_classes`` was recorded take the class count from their
+    config (costs.geometry, no data loaded), so their divergence is judged by today's rule."""
+    synthetic = tiny_cfg()
+    classes = synthetic["dataset"]["synthetic"]["num_classes"]
+    fmnist = tiny_cfg(dataset={"name": "fashion-mnist"})
+    assert run_summary.chance_loss({"num_classes": 7, "config": synthetic}) == pytest.approx(math.log(7))
+    assert run_summary.chance_loss({"config": synthetic}) == pytest.approx(math.log(classes))
+    assert run_summary.chance_loss({"config": fmnist}) == pytest.approx(math.log(10))
+    composite = config.validate(seg_tiny_raw())  # segmentation: the background is a class
+    seg_classes = composite["dataset"]["synthetic"]["num_classes"] + 1
+    assert run_summary.chance_loss({"config": composite}) == pytest.approx(math.log(seg_classes))

@@ -64,6 +64,7 @@ def test_intervals_are_shown_with_their_mark_and_a_single_seed_gets_none(monkeyp
 
     assert interval_text(-0.68, -1.05, -0.31, True) == "-0.68 [-1.05, -0.31] *"
     assert interval_text(0.2, -0.4, 0.84, False) == "+0.20 [-0.40, +0.84]"
+    assert interval_text(-0.68, -1.05, -0.31, True, True) == "-0.68 [-1.05, -0.31] **"  # after Holm's correction
     assert interval_text(0.47, -math.inf, math.inf, False) == "+0.47 (one seed: no interval)"
     assert interval_text(math.nan, math.nan, math.nan, False) == "-"
 
@@ -209,6 +210,33 @@ def test_comparisons_pair_fedunet_with_a_unet_method_at_the_same_reading_only(mo
     assert t.loc[("add", "fedunet-unet"), "pairs"] == 3
 
 
+def test_holm_corrects_over_each_experiments_differences_and_skips_rows_without_a_claim(monkeypatch):
+    """Hand-computed: experiment e has two rows of 3 pairs, so a family of 4 p-values (2 rows x 2
+    protocols); experiment f's single row is its own family; a row of 2 pairs is in no family."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    from study_tables import holm_within_experiments
+
+    from fedunet.stats import holm
+
+    t = pd.DataFrame({
+        "experiment": ["e", "e", "f", "e"], "pairs": [3, 3, 3, 2],
+        "final_pers_acc_p": [0.01, 0.02, 0.02, 0.001], "final_global_acc_p": [0.3, 0.012, 0.5, 0.001],
+        "final_pers_acc_holds": [True, True, True, True], "final_global_acc_holds": [False, True, False, True],
+    })  # fmt: skip
+    out = holm_within_experiments(t, ("final_pers_acc", "final_global_acc"))
+    # e's family, sorted: 0.01 x4 = 0.04, 0.012 x3 = 0.036 -> 0.04, 0.02 x2 = 0.04, 0.3 x1 = 0.3;
+    # f's: 0.02 x2 = 0.04, 0.5
+    assert out["final_pers_acc_p_holm"].tolist()[:3] == pytest.approx([0.04, 0.04, 0.04])
+    assert out["final_global_acc_p_holm"].tolist()[:3] == pytest.approx([0.3, 0.04, 0.5])
+    assert holm([0.01, 0.02, 0.3, 0.012]) == pytest.approx([0.04, 0.04, 0.3, 0.04])
+    assert out["final_pers_acc_p_holm"].isna().tolist() == [False, False, False, True]  # 2 pairs: no claim
+    assert out["final_pers_acc_holds_holm"].tolist() == [True, True, True, False]
+    assert out["final_global_acc_holds_holm"].tolist() == [False, True, False, False]
+    one_family = holm_within_experiments(t.assign(experiment="e"), ("final_pers_acc", "final_global_acc"))
+    # in one family of 6: 0.01 x6, 0.012 x5, 0.02 x4 = 0.08, 0.02 x3 -> 0.08: f's row no longer holds
+    assert one_family.loc[2, "final_pers_acc_p_holm"] == pytest.approx(0.08) and not one_family.loc[2, "final_pers_acc_holds_holm"]
+
+
 def test_progress_table_counts_each_experiments_finished_runs(monkeypatch):
     """Planned from the config, finished/flattened/diverged from the runs (one run in two experiments
     counts in both); an experiment with no finished run shows 0 of its planned runs."""
@@ -236,10 +264,14 @@ def test_verdicts_say_what_the_intervals_show_and_claim_nothing_from_fewer_than_
 
     from fedunet.stats import MIN_SEEDS_FOR_A_CLAIM
 
-    assert verdict({"personalized": (0.2, False), "global": (-0.1, False)}, 3) == "no difference shown"
-    assert verdict({"personalized": (0.2, False), "global": (-0.68, True)}, 3) == "personalized: no difference shown; global: lower"
-    assert verdict({"personalized": (1.5, True), "global": (2.0, True)}, 5) == "higher"
-    assert verdict({"personalized": (1.5, True), "global": (2.0, True)}, 2) == "too few seeds (2)"
+    assert verdict({"personalized": (0.2, False, False), "global": (-0.1, False, False)}, 3) == "no difference shown"
+    mixed = {"personalized": (0.2, False, False), "global": (-0.68, True, True)}
+    assert verdict(mixed, 3) == "personalized: no difference shown; global: lower"
+    assert verdict({"personalized": (1.5, True, True), "global": (2.0, True, True)}, 5) == "higher"
+    assert verdict({"personalized": (1.5, True, False), "global": (2.0, True, True)}, 5) == (
+        "personalized: higher (uncorrected only); global: higher"
+    )
+    assert verdict({"personalized": (1.5, True, True), "global": (2.0, True, True)}, 2) == "too few seeds (2)"
     assert MIN_SEEDS_FOR_A_CLAIM == 3  # the rule the tables and the standard study's config share
 
 
@@ -657,7 +689,8 @@ def test_tables_judge_divergence_by_todays_rule_on_each_clients_losses(monkeypat
     monkeypatch.syspath_prepend(str(SCRIPTS))
     from aggregate import _run_facts
 
-    summary = {"dataset": "fashion-mnist", "config": {"federated": {"divergence_factor": 10}}, "clients": [{}, {}],
+    config = {"dataset": {"name": "fashion-mnist"}, "federated": {"divergence_factor": 10}}  # no num_classes: ln 10 from here
+    summary = {"dataset": "fashion-mnist", "config": config, "clients": [{}, {}],
                "communication": {"initial_sync_bytes": 0, "payload_bytes_up_per_client": 0, "shared_tensor_bytes": 0},
                "events": [{"event": "diverged", "round": 2, "client": 1}],
                "diverged": {"any": True}}  # fmt: skip

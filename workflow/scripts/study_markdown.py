@@ -53,10 +53,12 @@ ACCURACY_NOTE = (
 COMPARISONS_NOTE = (
     "Paired differences of final-round accuracy, FedUNet minus the method in `versus`, over the seeds both ran "
     "(same partition and seed), in percentage points with a 95% Student-t interval; `*` marks an interval that "
-    "excludes zero. `diverged`: runs flagged as diverged, FedUNet/other (they stay in the difference). "
-    "`verdict`: FedUNet higher or lower where the interval excludes zero, \"no difference shown\" where it does "
-    "not (not a proof of equality: the interval says how large a difference stays possible), no claim from "
-    "fewer than 3 pairs; not corrected for the many rows compared."
+    "excludes zero, `**` one that still holds after Holm's correction over its experiment (every difference of "
+    "the experiment's rows with 3 or more pairs, both protocols). `diverged`: runs flagged as diverged, "
+    "FedUNet/other (they stay in the difference). `verdict`: FedUNet higher or lower where the difference holds "
+    "after the correction, \"(uncorrected only)\" where only the interval excludes zero, \"no difference shown\" "
+    "where it does not (not a proof of equality: the interval says how large a difference stays possible), no "
+    "claim from fewer than 3 pairs."
 )
 PROGRESS_NOTE = (
     "Runs each experiment of the config plans and how many have finished (a summary.json); of those, how many "
@@ -68,9 +70,10 @@ VARIANTS_NOTE = (
     "the `reference` value of the varied `option` (the study's default), over the seeds both ran (same partition "
     "and seed), in percentage points with a 95% Student-t interval; `*` marks an interval that excludes zero. "
     "`diverged`: runs flagged as diverged, this setting/reference. MB up: serialized payload per client per round, "
-    "this setting vs reference. `verdict`: the setting higher or lower where the interval excludes zero, "
-    "\"no difference shown\" where it does not, no claim from fewer than 3 pairs; not corrected for the many "
-    "rows compared."
+    "this setting vs reference. `**`: the difference still holds after Holm's correction over its experiment "
+    "(every difference of the experiment's rows with 3 or more pairs, both protocols). `verdict`: the setting "
+    "higher or lower where the difference holds after the correction, \"(uncorrected only)\" where only the "
+    "interval excludes zero, \"no difference shown\" where it does not, no claim from fewer than 3 pairs."
 )
 READINGS_NOTE = (
     "Fusion readings (`mode-source-head`, see the README): final round, mean ± std over seeds. Each path alone: "
@@ -169,14 +172,15 @@ SEGMENTATION_DIFFERENCES = (
 )
 
 
-def interval_text(m: float, lo: float, hi: float, holds: bool) -> str:
-    """A difference with its 95% interval, ``*`` when the interval excludes zero; "-" without a value, and
-    "(one seed: no interval)" where a single seed leaves the interval unbounded."""
+def interval_text(m: float, lo: float, hi: float, holds: bool, holds_corrected: bool = False) -> str:
+    """A difference with its 95% interval, ``*`` when the interval excludes zero and ``**`` when it still
+    holds after Holm's correction; "-" without a value, and "(one seed: no interval)" where a single seed
+    leaves the interval unbounded."""
     if math.isnan(m):
         return "-"
     if math.isinf(lo) or math.isinf(hi):
         return f"{m:+.2f} (one seed: no interval)"
-    return f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]{' *' if holds else ''}"
+    return f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]{' **' if holds_corrected else ' *' if holds else ''}"
 
 
 COMPARISON_KEYS = ["experiment", "archset", "alpha", "d", "fusion", "versus", "pairs", "diverged"]
@@ -189,23 +193,33 @@ def _differences(
     with ``verdicts`` a last column saying in words what the intervals show (:func:`verdict`)."""
     show = t[keys].copy()
     for col, label in columns:
+        corrected = t[f"{col}_holds_holm"] if f"{col}_holds_holm" in t else [False] * len(t)
         show[f"{what}, {label} (pts, 95% CI)"] = [
-            interval_text(m, lo, hi, holds)
-            for m, lo, hi, holds in zip(t[f"{col}_diff_pts"], t[f"{col}_ci_low"], t[f"{col}_ci_high"], t[f"{col}_holds"])
+            interval_text(*values)
+            for values in zip(t[f"{col}_diff_pts"], t[f"{col}_ci_low"], t[f"{col}_ci_high"], t[f"{col}_holds"], corrected)
         ]
     if verdicts:
-        show["verdict"] = [verdict({label: (r[f"{col}_diff_pts"], r[f"{col}_holds"]) for col, label in columns}, r["pairs"])
-                           for _, r in t.iterrows()]
+        show["verdict"] = [
+            verdict({label: (r[f"{col}_diff_pts"], r[f"{col}_holds"], r[f"{col}_holds_holm"]) for col, label in columns}, r["pairs"])
+            for _, r in t.iterrows()
+        ]
     return show
 
 
-def verdict(differences: dict[str, tuple[float, bool]], pairs: int) -> str:
-    """In words, what paired differences show: ``{protocol: (difference, interval excludes zero)}`` over
-    ``pairs`` seeds. Fewer than ``MIN_SEEDS_FOR_A_CLAIM`` pairs make no claim (3 seeds for any claim); an interval
-    across zero is "no difference shown", which is not "equal": its width is in the row."""
+def verdict(differences: dict[str, tuple[float, bool, bool]], pairs: int) -> str:
+    """In words, what paired differences show: ``{protocol: (difference, interval excludes zero, and still
+    after Holm's correction)}`` over ``pairs`` seeds. Fewer than ``MIN_SEEDS_FOR_A_CLAIM`` pairs make no claim
+    (3 seeds for any claim); an interval across zero is "no difference shown", which is not "equal": its width
+    is in the row; one that excludes zero only before the correction is said to be so."""
     if pairs < MIN_SEEDS_FOR_A_CLAIM:
         return f"too few seeds ({pairs})"
-    words = {p: ("higher" if m > 0 else "lower") if holds else "no difference shown" for p, (m, holds) in differences.items()}
+
+    def word(m: float, holds: bool, corrected: bool) -> str:
+        if not holds:
+            return "no difference shown"
+        return ("higher" if m > 0 else "lower") + ("" if corrected else " (uncorrected only)")
+
+    words = {p: word(*d) for p, d in differences.items()}
     if len(set(words.values())) == 1:
         return next(iter(words.values()))
     return "; ".join(f"{p}: {w}" for p, w in words.items())

@@ -7,7 +7,8 @@ DataFrames out.  Nothing here reads or writes a file; ``aggregate.py`` does the 
 * ``progress_table``: per experiment, the runs planned and finished, flattened and diverged;
 * ``comparisons_table``: FedUNet minus every other method of its experiment, paired over seeds;
 * ``variants_table``: each method minus itself at the study's default d or fusion, paired over seeds
-  (the d knee, add vs concat, which fusion reading);
+  (the d knee, add vs concat, which fusion reading); both with Holm's correction over each
+  experiment's differences (``holm_within_experiments``);
 * ``communication_table``: bytes per client per round and per round in total, against
   whole-model FedAvg of each backbone;
 * ``compute_table``: training FLOPs per sample and measured throughput with and without the U-Net;
@@ -24,7 +25,7 @@ import math
 
 import pandas as pd
 
-from fedunet.stats import mean_interval, paired_difference
+from fedunet.stats import MIN_SEEDS_FOR_A_CLAIM, holm, mean_interval, paired_difference
 from fedunet.study import alpha_label
 
 METRICS = {
@@ -118,7 +119,8 @@ def progress_table(runs: pd.DataFrame, planned: dict[str, int], questions: dict[
 
 def paired_columns(mine: pd.DataFrame, theirs: pd.DataFrame, compared: tuple[str, ...]) -> dict:
     """``mine - theirs`` of each of ``compared`` paired over the seeds both ran, in points with its 95%
-    t-interval and whether it excludes zero; how many pairs, and the diverged runs of each side."""
+    t-interval, whether it excludes zero and its t-test p-value; how many pairs, and the diverged runs
+    of each side."""
     row = {}
     for col in compared:
         diff = paired_difference(dict(zip(mine["seed"], mine[col])), dict(zip(theirs["seed"], theirs[col])))
@@ -128,6 +130,7 @@ def paired_columns(mine: pd.DataFrame, theirs: pd.DataFrame, compared: tuple[str
                 f"{col}_ci_low": 100 * diff.low,
                 f"{col}_ci_high": 100 * diff.high,
                 f"{col}_holds": diff.excludes_zero,
+                f"{col}_p": diff.p_value,
             }
         )
     row["pairs"] = diff.n
@@ -156,7 +159,27 @@ def comparisons_table(runs: pd.DataFrame, reference: str = "fedunet", compared: 
                     continue  # no single configuration of the other method to compare with
                 row = {"experiment": exp, "archset": archset, "alpha": alpha, "d": d, "fusion": fusion, "versus": other}
                 rows.append({**row, **paired_columns(mine, theirs, compared)})
-    return pd.DataFrame(rows)
+    return holm_within_experiments(pd.DataFrame(rows), compared)
+
+
+def holm_within_experiments(t: pd.DataFrame, compared: tuple[str, ...]) -> pd.DataFrame:
+    """Adds ``{col}_p_holm`` and ``{col}_holds_holm``: each p-value adjusted by Holm's method over its
+    experiment's family, every difference of the experiment's rows in every column of ``compared``
+    (an experiment asks one question; the table asks many).  Rows with fewer than
+    ``MIN_SEEDS_FOR_A_CLAIM`` pairs make no claim, so they are not in the family (NaN)."""
+    if t.empty:
+        return t
+    t = t.copy()
+    for col in compared:
+        t[f"{col}_p_holm"] = math.nan
+    claims = t["pairs"] >= MIN_SEEDS_FOR_A_CLAIM
+    for _, rows in t[claims].groupby("experiment", sort=False):
+        family = [(i, col) for col in compared for i in rows.index]
+        for (i, col), p in zip(family, holm([t.at[i, f"{col}_p"] for i, col in family])):
+            t.at[i, f"{col}_p_holm"] = p
+    for col in compared:
+        t[f"{col}_holds_holm"] = t[f"{col}_holds"] & (t[f"{col}_p_holm"] < 0.05)
+    return t
 
 
 # The settings a method is compared with itself over: same partition and seed, so pairs are fair
@@ -190,7 +213,7 @@ def variants_table(runs: pd.DataFrame, defaults: dict, compared: tuple[str, ...]
                     row["mb_up_per_client"] = mine["mb_up_per_client"].mean()
                     row["mb_up_per_client_reference"] = base["mb_up_per_client"].mean()
                     rows.append(row)
-    return pd.DataFrame(rows)
+    return holm_within_experiments(pd.DataFrame(rows), compared)
 
 
 def communication_table(runs: pd.DataFrame, costs: dict) -> pd.DataFrame:
