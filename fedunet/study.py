@@ -41,6 +41,10 @@ SUMMARY_FIGURES = {
 # canvases with their ground-truth and predicted masks, when a study has a segmentation experiment
 SEGMENTATION_FIGURE = "segmentation_examples"
 
+# every paired difference FedUNet - X of a study's classification runs in one figure (one that has
+# none says so)
+COMPARISONS_FIGURE = "comparisons"
+
 
 def _digest(partition_config: dict) -> str:
     """Eight hex digits of a partition's settings (its name left out)."""
@@ -350,6 +354,8 @@ class Study:
         experiments = sorted(self.cfg["experiments"])
         names = [f"curves_{e}" for e in experiments]
         names += [SUMMARY_FIGURES[e] for e in experiments if e in SUMMARY_FIGURES]
+        if self.experiments_of_task("classification"):
+            names.append(COMPARISONS_FIGURE)
         if self.experiments_of_task("segmentation"):
             names.append(SEGMENTATION_FIGURE)
         return names + [f"partition_{p}" for p in self.partitions]

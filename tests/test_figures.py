@@ -58,3 +58,25 @@ def test_footer_is_written_below_every_legend(figures, tmp_path):
     assert (tmp_path / "f.png").stat().st_size > 0 and (tmp_path / "f.pdf").stat().st_size > 0
     (text,) = texts
     assert text.get_position()[1] < legend_bottom < 0 and text.get_va() == "top"
+
+
+def test_comparisons_figure_shows_each_difference_with_three_or_more_pairs(figures, tmp_path):
+    import pandas as pd
+
+    def row(experiment, versus, pairs, pers, holds, holds_holm):
+        r = {"experiment": experiment, "archset": "hetero-vgg", "alpha": "a0.5", "d": 64, "fusion": "add",
+             "versus": versus, "pairs": pairs}  # fmt: skip
+        for col, m in (("pers_acc", pers), ("global_acc", -25.0)):
+            r.update({f"final_{col}_diff_pts": m, f"final_{col}_ci_low": m - 1, f"final_{col}_ci_high": m + 1,
+                      f"final_{col}_holds": holds, f"final_{col}_holds_holm": holds_holm})  # fmt: skip
+        return r
+
+    comparisons = pd.DataFrame(
+        [row("heterogeneous", "local", 3, 0.1, False, False), row("homogeneous", "fedavg", 3, 6.0, True, True),
+         row("noniid", "local", 2, 0.4, True, False)]  # fmt: skip
+    )
+    shown = figures.comparisons_figure(comparisons, tmp_path, "footer")
+    assert shown == ["heterogeneous: hetero-vgg, α=0.5, d=64, add vs local", "homogeneous: hetero-vgg, α=0.5, d=64, add vs fedavg"]
+    assert (tmp_path / "comparisons.png").stat().st_size > 0 and (tmp_path / "comparisons.pdf").stat().st_size > 0
+    assert figures.comparisons_figure(None, tmp_path, "footer") == []  # no comparisons.csv yet: the figure says so
+    assert figures.comparisons_figure(comparisons.iloc[2:], tmp_path, "footer") == []  # only 2 pairs: no claim

@@ -66,7 +66,8 @@ def test_figure_names_follow_the_experiments():
     s = Study(study_cfg(bottleneck={"d": [16, 32]}, homogeneous={"architectures": ["cnn"]}))
     names = s.figure_names()
     assert names[:3] == ["curves_bottleneck", "curves_homogeneous", "bottleneck_tradeoff"]
-    assert [n.rsplit("-", 1)[0] for n in names[3:]] == ["partition_a0.5-s0", "partition_a0.5-s1"]
+    assert names[3] == "comparisons"  # of every classification study (FedUNet alone: it says there is none)
+    assert [n.rsplit("-", 1)[0] for n in names[4:]] == ["partition_a0.5-s0", "partition_a0.5-s1"]
 
 
 def test_finished_only_keeps_the_finished_runs_and_their_experiments():

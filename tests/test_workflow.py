@@ -322,10 +322,11 @@ def test_a_run_trained_with_another_config_stops_the_workflow(tmp_path):
 
 def test_every_figure_has_a_report_caption():
     """`snakemake --report` fails on a figure without its caption (workflow/rules/common.smk, figure_output)."""
-    from fedunet.study import SUMMARY_FIGURES
+    from fedunet.study import COMPARISONS_FIGURE, SEGMENTATION_FIGURE, SUMMARY_FIGURES
 
     captions = {p.stem for p in (REPO / "workflow" / "report").glob("*.rst")}
-    assert {"curves", "partition", "table", "workflow", *SUMMARY_FIGURES.values()} <= captions
+    figures = {"curves", "partition", COMPARISONS_FIGURE, SEGMENTATION_FIGURE, *SUMMARY_FIGURES.values()}
+    assert {"table", "workflow", *figures} <= captions
 
 
 def test_dry_run_of_the_paper_study_opens_no_dataset(tmp_path):
@@ -425,8 +426,8 @@ def test_smoke_study_makes_every_table_and_figure(smoke):
     assert "bottleneck_tradeoff.png" in figures and "per_architecture.pdf" in figures
     assert any(f.startswith("partition_iid-s1-") and f.endswith(".png") for f in figures)
     assert "curves_homogeneous.png" in figures
-    assert "readings_diagnostics.png" in figures
-    assert len(figures) == 2 * 15
+    assert "readings_diagnostics.png" in figures and "comparisons.png" in figures
+    assert len(figures) == 2 * 16
     md = (out / "tables" / "accuracy.md").read_text()
     assert "produced by the pipeline" in md and "commits" in md and "seeds [0, 1]" in md
     pvo = pd.read_csv(out / "tables" / "paper_vs_ours.csv")

@@ -8,6 +8,8 @@
 * ``readings_diagnostics``: per fusion reading and method, accuracy with both paths, with each path
   alone, and the U-Net/backbone norm ratio at the classifier input (an ignored U-Net path shows
   as a U-Net-alone bar at chance and a ratio near zero);
+* ``comparisons``: every paired difference FedUNet - X of the study (3 or more pairs) with its 95%
+  interval, per protocol, marked where it excludes zero and where it survives Holm's correction;
 * ``partition_<alpha>-s<seed>``: the class distribution of each partition as a heatmap (segmentation
   partitions: pixels of each class on each client's canvases);
 * with segmentation runs: ``curves_<experiment>`` of mIoU, and ``segmentation_examples``: a few global
@@ -32,7 +34,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from segmentation_figures import segmentation_examples_figure  # noqa: E402
 
-from fedunet.study import SEGMENTATION_FIGURE, SUMMARY_FIGURES  # noqa: E402
+from fedunet.stats import MIN_SEEDS_FOR_A_CLAIM  # noqa: E402
+from fedunet.study import COMPARISONS_FIGURE, SEGMENTATION_FIGURE, SUMMARY_FIGURES  # noqa: E402
 
 PROTOCOLS = (("pers_acc", "personalized (own held-out split)"), ("global_acc", "global (shared test set)"))
 SEGMENTATION_PROTOCOLS = (("pers_miou", "personalized (own held-out canvases)"), ("global_miou", "global (global test canvases)"))
@@ -281,6 +284,48 @@ def readings_figure(runs: pd.DataFrame, figures: Path, footer: str) -> None:
     save(fig, figures, "readings_diagnostics", footer)
 
 
+# how a difference reads: its interval across zero, excluding zero, or surviving Holm's correction too
+VERDICT_COLORS = (("no difference shown", "tab:gray"), ("interval excludes zero", "tab:orange"), ("holds after Holm", "tab:red"))
+
+
+def comparisons_figure(comparisons: pd.DataFrame | None, figures: Path, footer: str) -> list[str]:
+    """Every FedUNet - X difference with ``MIN_SEEDS_FOR_A_CLAIM`` or more pairs (comparisons.csv), one row
+    each, personalized and global side by side: the study's answers in one figure.  The x axis is
+    linear within 2 points and logarithmic beyond, so a 25-point gap and a 0.3-point one both read.  Returns the
+    row labels shown (top first); without any such difference the figure says so.  Colour: the
+    interval across zero, excluding it, or surviving Holm's correction too (comparisons.md's `*`, `**`)."""
+    rows = pd.DataFrame() if comparisons is None else comparisons[comparisons["pairs"] >= MIN_SEEDS_FOR_A_CLAIM]
+    labels = [
+        f"{r['experiment']}: {r['archset']}, {label(r, ['alpha'])}, d={r['d']}, {r['fusion']} vs {r['versus']}"
+        for _, r in rows.iterrows()
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 1.6 + 0.26 * max(len(rows), 1)), sharey=True, constrained_layout=True)
+    if not len(rows):
+        for ax in axes:
+            ax.set_axis_off()
+        fig.text(0.5, 0.5, f"no FedUNet - X difference with {MIN_SEEDS_FOR_A_CLAIM} or more pairs of seeds yet", ha="center")
+    y = np.arange(len(rows))[::-1]
+    for ax, (col, title) in zip(axes, PROTOCOLS) if len(rows) else ():
+        m, lo, hi = (rows[f"final_{col}_{k}"].to_numpy() for k in ("diff_pts", "ci_low", "ci_high"))
+        level = (rows[f"final_{col}_holds"].astype(int) + rows[f"final_{col}_holds_holm"].astype(int)).to_numpy()
+        for i, (name, color) in enumerate(VERDICT_COLORS):
+            k = level == i
+            ax.errorbar(m[k], y[k], xerr=[m[k] - lo[k], hi[k] - m[k]], fmt="o", ms=4, color=color, capsize=2, lw=1.2, label=name)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xscale("symlog", linthresh=2)
+        ax.set_xticks([t for t in (-30, -10, -3, -1, 0, 1, 3, 10, 30) if lo.min() - 1 <= t <= hi.max() + 1])
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:+g}" if v else "0"))
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlabel("FedUNet − X, final round (points, 95% CI)")
+        ax.set_title(title)
+    if len(rows):
+        axes[0].set_yticks(y, labels, fontsize=7)
+        axes[1].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
+    fig.suptitle(f"FedUNet against each method, paired over seeds ({MIN_SEEDS_FOR_A_CLAIM} or more pairs)")
+    save(fig, figures, COMPARISONS_FIGURE, footer)
+    return labels
+
+
 def make_figures(tables: Path, figures: Path, counts: list[Path], footer: str, classification=True, segmentation=False) -> None:
     """Every figure of a study from its tables (``classification``/``segmentation``: whether it has
     runs of that task); the segmentation examples come from the runs' directories beside ``tables``."""
@@ -317,6 +362,8 @@ def classification_figures(tables: Path, figures: Path, footer: str) -> None:
     for experiment, make in makers.items():
         if experiment in experiments:
             make()
+    path = tables / "comparisons.csv"  # absent while no FedUNet run has a partner of the same seed
+    comparisons_figure(pd.read_csv(path) if path.exists() else None, figures, footer)
 
 
 def main(sm) -> None:
