@@ -137,7 +137,8 @@ class Simulation:
             if stats.finite:
                 loss_sum += stats.loss * stats.samples
                 loss_n += stats.samples
-            why = self.loss_references.setdefault(c.index, LossReference(factor, floor=self.chance_loss)).observe(stats.loss)
+            reference = self.loss_references.setdefault(c.index, LossReference(factor, floor=self.chance_loss))
+            why = reference.observe(stats.loss)
             if why:
                 diverged += 1
                 rec["diverged"] = True

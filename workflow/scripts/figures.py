@@ -300,12 +300,15 @@ def comparisons_figure(comparisons: pd.DataFrame | None, figures: Path, footer: 
         for _, r in rows.iterrows()
     ]
     fig, axes = plt.subplots(1, 2, figsize=(12, 1.6 + 0.26 * max(len(rows), 1)), sharey=True, constrained_layout=True)
-    if not len(rows):
+    fig.suptitle(f"FedUNet against each method, paired over seeds ({MIN_SEEDS_FOR_A_CLAIM} or more pairs)")
+    if rows.empty:
         for ax in axes:
             ax.set_axis_off()
         fig.text(0.5, 0.5, f"no FedUNet - X difference with {MIN_SEEDS_FOR_A_CLAIM} or more pairs of seeds yet", ha="center")
+        save(fig, figures, COMPARISONS_FIGURE, footer)
+        return []
     y = np.arange(len(rows))[::-1]
-    for ax, (col, title) in zip(axes, PROTOCOLS) if len(rows) else ():
+    for ax, (col, title) in zip(axes, PROTOCOLS):
         m, lo, hi = (rows[f"final_{col}_{k}"].to_numpy() for k in ("diff_pts", "ci_low", "ci_high"))
         level = (rows[f"final_{col}_holds"].astype(int) + rows[f"final_{col}_holds_holm"].astype(int)).to_numpy()
         for i, (name, color) in enumerate(VERDICT_COLORS):
@@ -318,10 +321,8 @@ def comparisons_figure(comparisons: pd.DataFrame | None, figures: Path, footer: 
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("FedUNet − X, final round (points, 95% CI)")
         ax.set_title(title)
-    if len(rows):
-        axes[0].set_yticks(y, labels, fontsize=7)
-        axes[1].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
-    fig.suptitle(f"FedUNet against each method, paired over seeds ({MIN_SEEDS_FOR_A_CLAIM} or more pairs)")
+    axes[0].set_yticks(y, labels, fontsize=7)
+    axes[1].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
     save(fig, figures, COMPARISONS_FIGURE, footer)
     return labels
 

@@ -193,10 +193,9 @@ def _differences(
     with ``verdicts`` a last column saying in words what the intervals show (:func:`verdict`)."""
     show = t[keys].copy()
     for col, label in columns:
-        corrected = t[f"{col}_holds_holm"] if f"{col}_holds_holm" in t else [False] * len(t)
         show[f"{what}, {label} (pts, 95% CI)"] = [
             interval_text(*values)
-            for values in zip(t[f"{col}_diff_pts"], t[f"{col}_ci_low"], t[f"{col}_ci_high"], t[f"{col}_holds"], corrected)
+            for values in zip(*(t[f"{col}_{k}"] for k in ("diff_pts", "ci_low", "ci_high", "holds", "holds_holm")))
         ]
     if verdicts:
         show["verdict"] = [
