@@ -218,7 +218,7 @@ def device_sections(results: Path) -> list[str]:
             "",
             f"`bash scripts/device-check.sh{' --dry' if data.get('dry') else ''}` on {data['device_label']}: "
             f"{data['total_s']} s of a {data['budget_s']} s budget. CUDA-marked tests: "
-            + ", ".join(f"{n} {o}" for o, n in counts.items() if n)
+            + (", ".join(f"{n} {o}" for o, n in counts.items() if n) or "none ran")
             + ".",
             "",
             "| stage | exit code | seconds |",

@@ -116,7 +116,7 @@ echo "[device-check] device $label, results into $out"
 "$PY" -c "import torch; print('[device-check] torch', torch.__version__, '| cuda', torch.version.cuda, '|', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
 
 # 2. CUDA-marked tests (skipped, quickly, without a GPU)
-stage cuda-tests $(( $(left) < 180 ? $(left) : 180 )) \
+stage cuda-tests $(( $(left) < 240 ? $(left) : 240 )) \
   "$PY" -m pytest -q -m cuda tests/test_runtime.py -p no:cacheprovider --junitxml "$logs/cuda-tests.xml"
 
 # 3. the paper's setting at full width (--dry: tiny)

@@ -114,3 +114,17 @@ def test_a_failing_variant_is_recorded_and_the_others_still_run(tmp_path, monkey
     (path,) = tmp_path.glob("step-variants-*.json")
     assert [r["variant"] for r in json.loads(path.read_text())["results"]] == [
         "device defaults", "NCHW (no channels_last)", "compiled, channels_last"]
+
+
+def test_a_check_that_ran_no_cuda_test_says_so(tmp_path):
+    """--only step-variants runs no CUDA test: the rendered line says "none ran", not an empty list."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import render
+
+    check = {"device_label": "NVIDIA-H200", "total_s": 241, "budget_s": 300, "dry": False, "cuda_tests": [],
+             "stages": [{"stage": "cuda-tests", "rc": None, "seconds": 0, "skipped": True},
+                        {"stage": "step-variants", "rc": 124, "seconds": 223, "skipped": False}]}
+    (tmp_path / "device-check-NVIDIA-H200-20261127-005511.json").write_text(json.dumps(check))
+    readme = "\n".join(render.device_sections(tmp_path))
+    assert "241 s of a 300 s budget. CUDA-marked tests: none ran." in readme
+    assert "| cuda-tests | skipped | 0 |" in readme and "| step-variants | 124 | 223 |" in readme
