@@ -476,18 +476,21 @@ def test_cuda_deterministic_runs_are_bit_identical_and_hit_no_nondeterministic_o
     assert not alerts, alerts
 
 
+# one small architecture, two rounds, no diagnostics and no validation split: compiling takes tens of
+# seconds per graph on a GPU, so the compiled CUDA tests train as little as shows what they check
+SMALL_COMPILED_GPU_RUN = dict(
+    model={"architectures": ["cnn"], "width": 0.25, "unet": {"d": 16}},
+    federated={"rounds": 2},
+    eval={"diagnostics": False, "validation_fraction": 0.0},
+)
+
+
 @cuda
 @needs_cuda
 def test_cuda_inductor_compile_never_falls_back(tmp_path):
     """Inductor's real kernels on the GPU (compiling takes tens of seconds per graph there: one
     small architecture, training and one evaluation graph)."""
-    cfg = cfg_of(
-        model={"architectures": ["cnn"], "width": 0.25, "unet": {"d": 16}},
-        federated={"rounds": 2},
-        eval={"diagnostics": False, "validation_fraction": 0.0},
-        runtime={"device": "cuda", "compile": True},
-    )
-    summary = train(cfg, tmp_path)
+    summary = train(cfg_of(**SMALL_COMPILED_GPU_RUN, runtime={"device": "cuda", "compile": True}), tmp_path)
     assert summary["provenance"]["compile"]["fallbacks"] == 0
     assert not [e for e in summary["events"] if e["event"] == "compile_fallback"]
     assert summary["final"]["pers_acc"] > 0.4  # 3 classes: chance is 1/3
@@ -500,18 +503,13 @@ def test_cuda_graphs_give_the_eager_numbers_and_resume_bit_identically(tmp_path)
     H200 (step variants, 2026-11-27). Before it can be the GPU default: no fallback, a rerun and a
     resumed run give the same metrics bit for bit, and the numbers are the eager run's up to the
     rounding of fused kernels."""
-    base = dict(
-        model={"architectures": ["cnn"], "width": 0.25, "unet": {"d": 16}},
-        federated={"rounds": 2},
-        eval={"diagnostics": False, "validation_fraction": 0.0},
-    )
-    graphs = cfg_of(**base, runtime={"device": "cuda", "compile": True, "compile_mode": "reduce-overhead"})
+    graphs = cfg_of(**SMALL_COMPILED_GPU_RUN, runtime={"device": "cuda", "compile": True, "compile_mode": "reduce-overhead"})
     summary = train(graphs, tmp_path / "a")
     assert summary["provenance"]["compile"]["fallbacks"] == 0
     train(graphs, tmp_path / "b", stop_after=1)
     train(graphs, tmp_path / "b", resume=True)
     assert metrics_without_time(tmp_path / "a") == metrics_without_time(tmp_path / "b")
-    train(cfg_of(**base, runtime={"device": "cuda"}), tmp_path / "eager")
+    train(cfg_of(**SMALL_COMPILED_GPU_RUN, runtime={"device": "cuda"}), tmp_path / "eager")
     graphs_rows, eager_rows = metrics_without_time(tmp_path / "a"), metrics_without_time(tmp_path / "eager")
     assert float(graphs_rows[0]["train_loss"]) == pytest.approx(float(eager_rows[0]["train_loss"]), rel=1e-2)
     assert abs(float(graphs_rows[-1]["pers_acc"]) - float(eager_rows[-1]["pers_acc"])) <= 0.1
