@@ -43,6 +43,22 @@ except StudyError as e:
 for i, summaries in enumerate(targets):
     (out / str(i)).write_text("".join(f"{s}\n" for s in summaries))
 PY
+# A snakemake killed hard (a session's end, kill -9) leaves its lock behind, and every later snakemake
+# here refuses the runs it names ("Directory cannot be locked"). With no snakemake alive in this
+# directory the lock is stale and is lifted; with one alive, stop: two at once would train the same
+# runs twice. (Processes are seen on this machine only: do not run two from machines sharing a disk.)
+here=$(pwd -P)
+for proc in /proc/[0-9]*; do
+  [ "$(readlink "$proc/cwd" 2>/dev/null)" = "$here" ] || continue
+  argv=(); mapfile -d '' -t argv < "$proc/cmdline" 2>/dev/null || continue
+  for arg in "${argv[@]:0:3}"; do
+    if [ "${arg##*/}" = snakemake ]; then
+      echo "a snakemake is already running in $here (pid ${proc#/proc/}): let it finish or stop it first" >&2
+      exit 1
+    fi
+  done
+done
+"$SMK" --unlock --configfile "$config" >> "$log" 2>&1
 for i in "${!experiments[@]}"; do
   exp="${experiments[$i]}"
   mapfile -t targets < "$lists/$i"

@@ -273,7 +273,8 @@ def test_study_in_order_trains_each_experiment_s_runs_in_the_order_named(tmp_pat
     r, calls = _study_in_order(tmp_path, "readings:fedunet,local", "fusion")
     assert r.returncode == 0, r.stderr
     smoke = Study(load_yaml((Path(__file__).resolve().parents[1] / "config" / "smoke.yaml").read_text()))
-    assert [c.split(" --rerun-incomplete ")[1].split() if " --rerun-incomplete " in c else [] for c in calls] == [
+    assert calls[0] == "--unlock --configfile config/smoke.yaml"  # no snakemake alive here: a lock left is stale
+    assert [c.split(" --rerun-incomplete ")[1].split() if " --rerun-incomplete " in c else [] for c in calls[1:]] == [
         smoke.summaries_of("readings:fedunet,local"),
         smoke.summaries_of("fusion"),
         [],  # then everything: tables and figures
@@ -286,3 +287,20 @@ def test_study_in_order_checks_every_name_before_training_anything(tmp_path):
     assert calls == []  # not even the valid first experiment
     r, calls = _study_in_order(tmp_path, "nosuch")
     assert r.returncode != 0 and "allowed: homogeneous" in r.stderr and calls == []
+
+
+def test_study_in_order_refuses_to_start_beside_a_live_snakemake(tmp_path):
+    """A second study beside a running one would train the same runs twice: it must stop before
+    lifting the running one's lock."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    live = subprocess.Popen(["bash", "-c", "exec -a snakemake sleep 60"], cwd=root)
+    try:
+        r, calls = _study_in_order(tmp_path, "fusion")
+    finally:
+        live.kill()
+        live.wait()
+    assert r.returncode != 0 and f"a snakemake is already running in {root} (pid {live.pid})" in r.stderr
+    assert calls == []  # no unlock, no training
