@@ -208,7 +208,10 @@ def test_corrupted_checkpoint_falls_back_to_the_previous_one(tmp_path, counts):
     data[len(data) // 2] ^= 0xFF  # one flipped bit in the middle: same length, wrong content
     newest.write_bytes(bytes(data))
     counts["checkpoints corrupted"] += 1
-    with pytest.warns(UserWarning, match="fails its checksum"):
+    with (
+        pytest.warns(UserWarning, match="fails its checksum"),
+        pytest.warns(UserWarning, match=r"resuming from the older checkpoint .*ckpt-000002\.pt \(round 2\)"),
+    ):
         train(cfg, tmp_path / "run", resume=True)
     assert read_metrics(tmp_path / "run") == read_metrics(tmp_path / "reference")
 
