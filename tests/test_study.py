@@ -293,11 +293,16 @@ def test_study_in_order_refuses_to_start_beside_a_live_snakemake(tmp_path):
     """A second study beside a running one would train the same runs twice: it must stop before
     lifting the running one's lock."""
     import subprocess
+    import time
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     live = subprocess.Popen(["bash", "-c", "exec -a snakemake sleep 60"], cwd=root)
     try:
+        cmdline = Path(f"/proc/{live.pid}/cmdline")
+        deadline = time.monotonic() + 10
+        while not cmdline.read_bytes().startswith(b"snakemake\0") and time.monotonic() < deadline:
+            time.sleep(0.01)  # until bash has become "snakemake"
         r, calls = _study_in_order(tmp_path, "fusion")
     finally:
         live.kill()
