@@ -1,5 +1,11 @@
+import os
+import subprocess
+import time
+from pathlib import Path
+
 import pytest
 import yaml
+from helpers import REPO
 
 from fedunet import methods, models, study
 from fedunet.config import load_yaml
@@ -184,10 +190,7 @@ def test_fusion_readings_set_mode_source_and_head_and_the_base_reading_runs_once
 
 
 def test_study_configs_expand(tmp_path):
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    studies = {name: Study(load_yaml((root / "config" / f"{name}.yaml").read_text())) for name in ("smoke", "fmnist")}
+    studies = {name: Study(load_yaml((REPO / "config" / f"{name}.yaml").read_text())) for name in ("smoke", "fmnist")}
     assert len(studies["smoke"].runs) == 34  # tests/test_workflow.py SMOKE_RUNS
     assert len(studies["fmnist"].runs) >= 3 * 40
     seeds = {}  # every cell of the standard study has the seeds a claim needs
@@ -251,28 +254,22 @@ def test_summaries_of_an_experiment_or_of_some_of_its_methods():
 
 def _study_in_order(tmp_path, *experiments):
     """scripts/study-in-order.sh on config/smoke.yaml with a stand-in for snakemake that records its targets."""
-    import os
-    import subprocess
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
     calls = tmp_path / "calls"
     stub = tmp_path / "snakemake"
     stub.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n')
     stub.chmod(0o755)
     r = subprocess.run(
         ["bash", "scripts/study-in-order.sh", "config/smoke.yaml", *experiments],
-        cwd=root, env={**os.environ, "SMK": str(stub)}, capture_output=True, text=True, timeout=300,
+        cwd=REPO, env={**os.environ, "SMK": str(stub)}, capture_output=True, text=True, timeout=300,
     )
     return r, calls.read_text().splitlines() if calls.exists() else []
 
 
 def test_study_in_order_trains_each_experiment_s_runs_in_the_order_named(tmp_path):
-    from pathlib import Path
 
     r, calls = _study_in_order(tmp_path, "readings:fedunet,local", "fusion")
     assert r.returncode == 0, r.stderr
-    smoke = Study(load_yaml((Path(__file__).resolve().parents[1] / "config" / "smoke.yaml").read_text()))
+    smoke = Study(load_yaml((REPO / "config" / "smoke.yaml").read_text()))
     assert calls[0] == "--unlock --configfile config/smoke.yaml"  # no snakemake alive here: a lock left is stale
     assert [c.split(" --rerun-incomplete ")[1].split() if " --rerun-incomplete " in c else [] for c in calls[1:]] == [
         smoke.summaries_of("readings:fedunet,local"),
@@ -292,12 +289,7 @@ def test_study_in_order_checks_every_name_before_training_anything(tmp_path):
 def test_study_in_order_refuses_to_start_beside_a_live_snakemake(tmp_path):
     """A second study beside a running one would train the same runs twice: it must stop before
     lifting the running one's lock."""
-    import subprocess
-    import time
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    live = subprocess.Popen(["bash", "-c", "exec -a snakemake sleep 60"], cwd=root)
+    live = subprocess.Popen(["bash", "-c", "exec -a snakemake sleep 60"], cwd=REPO)
     try:
         cmdline = Path(f"/proc/{live.pid}/cmdline")
         deadline = time.monotonic() + 10
@@ -307,5 +299,5 @@ def test_study_in_order_refuses_to_start_beside_a_live_snakemake(tmp_path):
     finally:
         live.kill()
         live.wait()
-    assert r.returncode != 0 and f"a snakemake is already running in {root} (pid {live.pid})" in r.stderr
+    assert r.returncode != 0 and f"a snakemake is already running in {REPO} (pid {live.pid})" in r.stderr
     assert calls == []  # no unlock, no training
