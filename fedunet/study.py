@@ -314,6 +314,12 @@ class Study:
         """The experiments with runs of ``task``, sorted."""
         return sorted({e for k, exps in self.runs.items() if self.task(k) == task for e in exps})
 
+    def experiments_with_baselines(self, task: str) -> list[str]:
+        """The experiments of ``task`` with a run of a baseline (``Method.baseline``), sorted: those
+        the methods table shows."""
+        runs = [(k, exps) for k, exps in self.runs.items() if methods.get(k.method).baseline and self.task(k) == task]
+        return sorted({e for _, exps in runs for e in exps})
+
     def _partition_config_of(self, key: RunKey) -> dict:
         full = self.run_config(key)
         return {

@@ -39,6 +39,17 @@ def test_methods_without_unet_ignore_d_and_fusion():
     assert {k.d for k in s.runs} == {32} and len(s.runs) == 2
 
 
+def test_experiments_with_baselines_are_those_with_a_method_fedunet_is_measured_against():
+    """The methods table's experiments: FedUNet, its whole-U-Net ablation and Local make none, a baseline
+    beside them does; a finished-only study counts only the methods with a finished run."""
+    own, three = {"methods": ["fedunet", "local", "fedunet-unet"]}, {"methods": ["fedunet", "local", "fedproto"]}
+    s = Study(study_cfg(own=own, three=three))
+    assert s.experiments_with_baselines("classification") == ["three"]
+    assert s.experiments_with_baselines("segmentation") == []
+    no_baseline_finished = s.finished_only(lambda k: k.method != "fedproto")
+    assert no_baseline_finished.experiments_with_baselines("classification") == []
+
+
 def test_run_config_is_base_plus_grid_point():
     s = Study(study_cfg(noniid={"alpha": ["iid"]}))
     key = RunKey("hetero", "fedunet", 32, "add", "iid", 1)

@@ -258,6 +258,32 @@ def test_progress_table_counts_each_experiments_finished_runs(monkeypatch):
     assert asked["question"].tolist() == ["", "does it help?"]  # the description, on one line
 
 
+def test_methods_table_has_every_experiment_with_baselines_best_global_first_in_each_cell(monkeypatch):
+    """Experiments e and f (a baseline each; e at two label skews) are in; g (FedUNet, its ablation, Local) is not;
+    within each experiment, clients and skew, the best final global accuracy comes first, with its traffic."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    from study_tables import accuracy_table, methods_table
+
+    def run(exp, method, alpha, glob, mb, seed=0):
+        return {"experiment": exp, "run": f"{exp}/{method}/{alpha}/s{seed}", "archset": "a", "method": method, "d": 64,
+                "fusion": "add", "alpha": alpha, "seed": seed, "final_pers_acc": 0.9, "final_global_acc": glob,
+                "best_pers_acc": 0.9, "best_global_acc": glob, "rounds": 40, "diverged": False, "flattened": True,
+                "mb_up_per_client": mb, "mb_down_per_client": mb}  # fmt: skip
+
+    runs = pd.DataFrame(
+        [run("e", m, a, g, mb) for a in ("a0.1", "a0.5") for m, g, mb in (("fedunet", 0.5, 0.2), ("local", 0.6, 0), ("fd", 0.4, 0.001))]
+        + [run("f", m, "a0.5", g, mb) for m, g, mb in (("fedunet", 0.5, 0.2), ("fedavg", 0.8, 0.9), ("local", 0.6, 0.0))]
+        + [run("g", m, "a0.5", 0.5, 0.1) for m in ("fedunet", "local", "fedunet-unet")]
+    )
+    t = methods_table(runs, accuracy_table(runs))
+    assert list(zip(t["experiment"], t["alpha"], t["method"])) == [
+        ("e", "a0.1", "local"), ("e", "a0.1", "fedunet"), ("e", "a0.1", "fd"),
+        ("e", "a0.5", "local"), ("e", "a0.5", "fedunet"), ("e", "a0.5", "fd"),
+        ("f", "a0.5", "fedavg"), ("f", "a0.5", "local"), ("f", "a0.5", "fedunet"),
+    ]  # fmt: skip
+    assert t.set_index(["experiment", "alpha", "method"]).loc[("f", "a0.5", "fedavg"), "mb_up_per_client"] == pytest.approx(0.9)
+
+
 def test_verdicts_say_what_the_intervals_show_and_claim_nothing_from_fewer_than_3_seeds(monkeypatch):
     monkeypatch.syspath_prepend(str(SCRIPTS))
     from study_markdown import verdict

@@ -59,6 +59,9 @@ class Method:
     attach_unet: ClassVar[bool] = True  # model composition when model.unet.attach is "auto"
     needs_projection: ClassVar[bool] = False  # features projected to model.feature_width
     communicates: ClassVar[bool] = True
+    # a method FedUNet is measured against (False: FedUNet, its whole-U-Net ablation, Local); an
+    # experiment with one gets a row per method in the study's methods table
+    baseline: ClassVar[bool] = True
     # JSON-schema properties of the method's hyperparameters (config section methods.<name>)
     options: ClassVar[dict] = {}
 

@@ -23,6 +23,7 @@ def _require_unet(cls, cfg: dict) -> None:
 @register
 class FedUNet(StateSharing):
     name = "fedunet"
+    baseline = False
     prefix = BOTTLENECK_PREFIX
     check_config = classmethod(_require_unet)
 
@@ -30,5 +31,6 @@ class FedUNet(StateSharing):
 @register
 class FedUNetWholeUNet(StateSharing):
     name = "fedunet-unet"
+    baseline = False
     prefix = "unet."
     check_config = classmethod(_require_unet)

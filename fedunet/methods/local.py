@@ -13,4 +13,5 @@ from fedunet.methods.base import Method
 @register
 class Local(Method):
     name = "local"
+    baseline = False
     communicates = False

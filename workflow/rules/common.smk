@@ -71,7 +71,7 @@ PARTITION_COUNTS = [f"{OUT}/partitions/{p}.counts.csv" for p in STUDY.partitions
 CLASSIFICATION = [k for k in sorted(STUDY.runs) if STUDY.task(k) == "classification"]
 SEGMENTATION = [k for k in sorted(STUDY.runs) if STUDY.task(k) == "segmentation"]
 TABLE_NAMES = ["accuracy", "rounds", "communication", "compute", "paper_vs_ours"] if CLASSIFICATION else []
-if "heterogeneous" in STUDY.experiments_of_task("classification"):
+if STUDY.experiments_with_baselines("classification"):
     TABLE_NAMES.append("methods")
 TABLES = [f"{OUT}/tables/{name}.{ext}" for name in TABLE_NAMES for ext in ("csv", "md")]
 if CLASSIFICATION:

@@ -323,8 +323,8 @@ def classification_tables(run_table: list[dict], loaded: dict[str, dict], out: P
     if "readings" in experiments:
         diag = tables.diagnostics_table(runs)
         write(diag, out, "readings", md.readings_markdown(diag, prov))
-    if "heterogeneous" in experiments:
-        meth = tables.methods_table(runs, acc)
+    meth = tables.methods_table(runs, acc)
+    if len(meth):
         write(meth, out, "methods", md.methods_markdown(meth, prov))
     comm = tables.communication_table(runs, costs)
     write(comm, out, "communication", md.communication_markdown(comm, prov))

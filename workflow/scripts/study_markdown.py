@@ -85,8 +85,9 @@ READINGS_NOTE = (
     "`local` trains the same model without sharing."
 )
 METHODS_NOTE = (
-    "Every method in the heterogeneous experiment, sorted by final global accuracy within each set of client "
-    "architectures. " + ACCURACY_NOTE + " Traffic: lengths of the real serialized payloads (MB = 10^6 bytes)."
+    "Every method of each experiment with a baseline (a method FedUNet is measured against), sorted by final "
+    "global accuracy within each set of client architectures and label skew. " + ACCURACY_NOTE + " Traffic: "
+    "lengths of the real serialized payloads (MB = 10^6 bytes)."
 )
 COMMUNICATION_NOTE = (
     "MB = 10^6 bytes of the real serialized payloads, per client per round (up, down) and per "
@@ -294,7 +295,8 @@ def readings_markdown(t: pd.DataFrame, prov: dict) -> str:
 
 
 def methods_markdown(t: pd.DataFrame, prov: dict) -> str:
-    show = t[["archset", "method", "seeds", "rounds"]].copy()
+    varying = [c for c in ("d", "fusion") if t[c].nunique() > 1]  # FedUNet at several points of one cell
+    show = t[["experiment", "archset", "alpha", "method", *varying, "seeds", "rounds"]].copy()
     show = _with_accuracy_columns(show, t)
     show["MB up / client / round"] = [f"{v:.4g}" for v in t["mb_up_per_client"]]
     show["MB down / client / round"] = [f"{v:.4g}" for v in t["mb_down_per_client"]]

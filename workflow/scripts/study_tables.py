@@ -13,7 +13,7 @@ DataFrames out.  Nothing here reads or writes a file; ``aggregate.py`` does the 
   whole-model FedAvg of each backbone;
 * ``compute_table``: training FLOPs per sample and measured throughput with and without the U-Net;
 * ``diagnostics_table``: the readings experiment, each path of the model alone;
-* ``methods_table``: every method of the heterogeneous experiment with its traffic;
+* ``methods_table``: every method of each experiment with baselines, with its traffic;
 * ``paper_vs_ours``: each claim of the paper (``PAPER_CLAIMS``, data) next to our value, one
   small function per kind of claim;
 * ``segmentation_table``: the segmentation runs' cells (mIoU and pixel accuracy, both protocols), as
@@ -25,6 +25,7 @@ import math
 
 import pandas as pd
 
+from fedunet import methods
 from fedunet.stats import MIN_SEEDS_FOR_A_CLAIM, holm, mean_interval, paired_difference
 from fedunet.study import alpha_label
 
@@ -323,11 +324,15 @@ def diagnostics_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def methods_table(runs: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
-    """Every method of the heterogeneous experiment: both protocols and the traffic it costs."""
-    t = acc[acc["experiment"] == "heterogeneous"].copy()
+    """Every method of each experiment with a baseline (``Method.baseline``; ``Study.experiments_with_baselines``
+    names the table as a workflow output): both protocols and the traffic each costs, best global accuracy
+    first within each cell of clients and label skew."""
+    with_baseline = {e for e, m in zip(acc["experiment"], acc["method"]) if methods.get(m).baseline}
+    t = acc[acc["experiment"].isin(with_baseline)].copy()
     traffic = runs.groupby(["archset", "method", "d", "fusion", "alpha"])[["mb_up_per_client", "mb_down_per_client"]].mean()
     t = t.join(traffic, on=["archset", "method", "d", "fusion", "alpha"])
-    return t.sort_values(["archset", "final_global_acc_mean"], ascending=[True, False]).reset_index(drop=True)
+    order = ["experiment", "archset", "alpha", "final_global_acc_mean"]
+    return t.sort_values(order, ascending=[True, True, True, False]).reset_index(drop=True)
 
 
 # ------------------------------------------------------------------ the paper's claims
