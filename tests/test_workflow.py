@@ -258,18 +258,21 @@ def test_progress_table_counts_each_experiments_finished_runs(monkeypatch):
     assert asked["question"].tolist() == ["", "does it help?"]  # the description, on one line
 
 
+def _method_run(exp, method, alpha, glob, mb, seed=0, fusion="add"):
+    """One run's row as the methods table reads it."""
+    return {"experiment": exp, "run": f"{exp}/{method}/{fusion}/{alpha}/s{seed}", "archset": "a", "method": method, "d": 64,
+            "fusion": fusion, "alpha": alpha, "seed": seed, "final_pers_acc": 0.9, "final_global_acc": glob,
+            "best_pers_acc": 0.9, "best_global_acc": glob, "rounds": 40, "diverged": False, "flattened": True,
+            "mb_up_per_client": mb, "mb_down_per_client": mb}  # fmt: skip
+
+
 def test_methods_table_has_every_experiment_with_baselines_best_global_first_in_each_cell(monkeypatch):
     """Experiments e and f (a baseline each; e at two label skews) are in; g (FedUNet, its ablation, Local) is not;
     within each experiment, clients and skew, the best final global accuracy comes first, with its traffic."""
     monkeypatch.syspath_prepend(str(SCRIPTS))
     from study_tables import accuracy_table, methods_table
 
-    def run(exp, method, alpha, glob, mb, seed=0):
-        return {"experiment": exp, "run": f"{exp}/{method}/{alpha}/s{seed}", "archset": "a", "method": method, "d": 64,
-                "fusion": "add", "alpha": alpha, "seed": seed, "final_pers_acc": 0.9, "final_global_acc": glob,
-                "best_pers_acc": 0.9, "best_global_acc": glob, "rounds": 40, "diverged": False, "flattened": True,
-                "mb_up_per_client": mb, "mb_down_per_client": mb}  # fmt: skip
-
+    run = _method_run
     runs = pd.DataFrame(
         [run("e", m, a, g, mb) for a in ("a0.1", "a0.5") for m, g, mb in (("fedunet", 0.5, 0.2), ("local", 0.6, 0), ("fd", 0.4, 0.001))]
         + [run("f", m, "a0.5", g, mb) for m, g, mb in (("fedunet", 0.5, 0.2), ("fedavg", 0.8, 0.9), ("local", 0.6, 0.0))]
@@ -282,6 +285,24 @@ def test_methods_table_has_every_experiment_with_baselines_best_global_first_in_
         ("f", "a0.5", "fedavg"), ("f", "a0.5", "local"), ("f", "a0.5", "fedunet"),
     ]  # fmt: skip
     assert t.set_index(["experiment", "alpha", "method"]).loc[("f", "a0.5", "fedavg"), "mb_up_per_client"] == pytest.approx(0.9)
+
+
+def test_methods_markdown_shows_the_fusion_column_only_where_fusion_varies(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    from study_markdown import methods_markdown
+    from study_tables import accuracy_table, methods_table
+
+    prov = {"generated": "now", "runs": 3, "study": "s", "config_files": ["c.yaml"], "datasets": ["d"], "seeds": [0],
+            "commits": ["abc"], "dirty_runs": 0, "devices": ["cpu"], "torch": ["2"]}  # fmt: skip
+    one = [_method_run("e", m, "a0.5", 0.5, 0.1) for m in ("fedunet", "local", "fd")]
+
+    def header(runs):
+        text = methods_markdown(methods_table(runs, accuracy_table(runs)), prov)
+        return next(line for line in text.splitlines() if line.startswith("| "))
+
+    assert "| fusion |" not in header(pd.DataFrame(one)) and "| d |" not in header(pd.DataFrame(one))
+    two = pd.DataFrame(one + [_method_run("e", "fedunet", "a0.5", 0.6, 0.1, fusion="concat")])
+    assert "| method | fusion | seeds |" in header(two)
 
 
 def test_verdicts_say_what_the_intervals_show_and_claim_nothing_from_fewer_than_3_seeds(monkeypatch):
