@@ -277,7 +277,6 @@ def _study_in_order(tmp_path, *experiments):
 
 
 def test_study_in_order_trains_each_experiment_s_runs_in_the_order_named(tmp_path):
-
     r, calls = _study_in_order(tmp_path, "readings:fedunet,local", "fusion")
     assert r.returncode == 0, r.stderr
     smoke = Study(load_yaml((REPO / "config" / "smoke.yaml").read_text()))

@@ -46,14 +46,16 @@ def job_counts(output: str) -> dict[str, int]:
 
 
 SCRIPTS = REPO / "workflow" / "scripts"
+# the provenance a table's footer reads (study_markdown._footer), for tests that render a table
+PROV = {"generated": "now", "study": "s", "config_files": ["c.yaml"], "datasets": ["d"], "seeds": [0],
+        "commits": ["abc"], "dirty_runs": 0, "devices": ["cpu"], "torch": ["2"]}  # fmt: skip
 
 
 def test_footer_says_when_a_table_holds_only_the_runs_finished_so_far(monkeypatch):
     monkeypatch.syspath_prepend(str(SCRIPTS))
     from study_markdown import _footer
 
-    prov = {"generated": "now", "runs": 30, "study": "s", "config_files": ["c.yaml"], "datasets": ["d"], "seeds": [0],
-            "commits": ["abc"], "dirty_runs": 0, "devices": ["cpu"], "torch": ["2"]}
+    prov = {**PROV, "runs": 30}
     assert "so far" not in _footer(prov) and "so far" not in _footer({**prov, "planned_runs": 30})
     assert "from 30 runs (the runs finished so far, of 165 planned)" in _footer({**prov, "planned_runs": 165})
 
@@ -292,8 +294,7 @@ def test_methods_markdown_shows_the_fusion_column_only_where_fusion_varies(monke
     from study_markdown import methods_markdown
     from study_tables import accuracy_table, methods_table
 
-    prov = {"generated": "now", "runs": 3, "study": "s", "config_files": ["c.yaml"], "datasets": ["d"], "seeds": [0],
-            "commits": ["abc"], "dirty_runs": 0, "devices": ["cpu"], "torch": ["2"]}  # fmt: skip
+    prov = {**PROV, "runs": 3}
     one = [_method_run("e", m, "a0.5", 0.5, 0.1) for m in ("fedunet", "local", "fd")]
 
     def header(runs):
